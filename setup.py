@@ -1,0 +1,21 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="zaya1",
+    version="0.1.0",
+    description="ZAYA1 inference: exact PyTorch reference path and an AWS Trainium2 (NxDI) backend",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    python_requires=">=3.10",
+    # Install torch==2.13.0 first on CPU machines (README): an unpinned torch would pull the CUDA build.
+    install_requires=["torch>=2.4", "safetensors>=0.4", "tokenizers>=0.19", "tqdm>=4.60"],
+    extras_require={
+        "hf": ["transformers>=5.23"],
+        "test": ["pytest>=7", "transformers>=5.23"],
+        # Installed from the Neuron package repository on a Neuron DLAMI, not from PyPI (README).
+        "neuron": ["neuronx-distributed-inference", "neuronx-distributed", "torch-neuronx"],
+    },
+    entry_points={"console_scripts": ["zaya1=zaya1.cli:main"]},
+)

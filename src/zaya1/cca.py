@@ -1,0 +1,192 @@
+"""Compressed convolutional attention (CCA), written as functions of explicit state.
+
+Per token t the block computes (architecture doc section 3.3):
+
+    P_t   = [x_t Wq^T | x_t Wk^T]                     packed q/k projections        [C = (nq + nkv) * d]
+    Z_t   = grouped_conv(depthwise_conv(P_{t-2..t}))   two causal convs, one group per head
+    q_h   = Z_t[h] + (Q0_h + K0_j) / 2                 j = h // G (block grouping)
+    k_j   = Z_t[j] + mean_h (Q0_h + K0_j) / 2
+    v     = [x_t Wcur^T | x_{t-1} Wdel^T]              KV head 0 = current token, KV head 1 = previous token
+    q, k  = L2-normalised to sqrt(d), k scaled by the learned temperature, partial RoPE
+
+The only history a token needs besides K/V is the last ``conv_state_len`` packed columns (conv state) and
+the previous token's value projection (value state); both are inputs and outputs of ``CCAttention.forward``
+so that the same code serves a full-sequence forward, right-padded prefill and one-token decode.
+
+Tensor parallel: a module is built for one rank's heads (see ``parallel.AttentionShard``). The packed conv
+channels are the rank's q heads followed by its KV heads, and every conv group is one head, so the conv
+never crosses ranks. Which value channels are delayed is a per-rank tensor (``value_delayed``) instead of a
+rank-dependent Python branch, so one traced graph serves every rank.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import SLIDING, ZayaConfig
+
+
+class ManualConv1d(nn.Module):
+    """``nn.Conv1d(channels, channels, kernel_size, groups=groups, padding=0)`` with elementwise ops and a
+    batched matmul (no convolution primitive: NxD / neuronx-cc handle these at any sequence length).
+    The parameters have nn.Conv1d's layout: weight [channels, channels // groups, kernel_size], bias [channels]."""
+
+    def __init__(self, channels: int, kernel_size: int, groups: int, bias: bool = True):
+        super().__init__()
+        self.channels, self.kernel_size, self.groups = channels, kernel_size, groups
+        self.weight = nn.Parameter(torch.empty(channels, channels // groups, kernel_size))
+        self.bias = nn.Parameter(torch.empty(channels)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T] -> [B, C, T - K + 1]
+        batch, channels, time = x.shape
+        out_len = time - self.kernel_size + 1
+        taps = [x[..., k:k + out_len] for k in range(self.kernel_size)]
+        if self.weight.shape[1] == 1:  # depthwise
+            out = sum(self.weight[:, 0, k, None] * tap for k, tap in enumerate(taps))
+        else:
+            group_size = channels // self.groups
+            # stack taps on the input-channel axis: [B, G, K * Cg, T'] x [G, Cg, K * Cg]
+            stacked = torch.stack(taps, dim=2).view(batch, self.groups, group_size, self.kernel_size, out_len)
+            stacked = stacked.transpose(2, 3).reshape(batch, self.groups, self.kernel_size * group_size, out_len)
+            weight = self.weight.view(self.groups, group_size, group_size, self.kernel_size)
+            weight = weight.permute(0, 1, 3, 2).reshape(self.groups, group_size, self.kernel_size * group_size)
+            out = torch.matmul(weight, stacked).view(batch, channels, out_len)
+        return out if self.bias is None else out + self.bias[:, None]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rope_cos_sin(positions: torch.Tensor, theta: float, rotary_dim: int, dtype: torch.dtype):
+    """positions [B, S] -> cos, sin [B, S, rotary_dim], computed in fp32 and rounded to the model dtype."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32,
+                                             device=positions.device) / rotary_dim))
+    freqs = positions.to(torch.float32)[..., None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, S, heads, d]; rotates the first cos.shape[-1] dims (neox rotate-half), the rest pass through."""
+    rot = cos.shape[-1]
+    cos, sin = cos[:, :, None], sin[:, :, None]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+
+def l2_normalize(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x * scale / ||x||, the norm clamped below at the dtype's eps (as upstream transformers)."""
+    norm = x.norm(p=2, dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).eps)
+    return x * (scale / norm)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """q [B, S, nq, d], k/v [B, nkv, T, d], allowed [B, S, T] bool -> [B, S, nq * d].
+    Query head h reads KV head h // (nq / nkv). Softmax in fp32, like the eager reference."""
+    batch, seq, nq, dim = q.shape
+    nkv = k.shape[1]
+    q = q.view(batch, seq, nkv, nq // nkv, dim).permute(0, 2, 3, 1, 4)  # [B, nkv, G, S, d]
+    k, v = k[:, :, None], v[:, :, None]  # [B, nkv, 1, T, d]
+    scores = torch.matmul(q, k.transpose(-1, -2)) * dim ** -0.5  # [B, nkv, G, S, T]
+    scores = scores.masked_fill(~allowed[:, None, None], torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    out = torch.matmul(probs, v)  # [B, nkv, G, S, d]
+    return out.permute(0, 3, 1, 2, 4).reshape(batch, seq, nq * dim)
+
+
+class CCAttention(nn.Module):
+    """One rank's share of a ZAYA1 attention block (all of it when tp_degree == 1)."""
+
+    def __init__(self, config: ZayaConfig, layer_idx: int, shard):
+        super().__init__()
+        d, hidden = config.head_dim, config.hidden_size
+        self.head_dim, self.nq, self.nkv = d, shard.q_heads, shard.kv_heads
+        self.group_mean_from_local = shard.whole_groups  # else the group's q mean is its own projection
+        self.sliding_window = config.sliding_window if config.layer_types[layer_idx] == SLIDING else None
+        channels = (self.nq + self.nkv) * d
+
+        self.q_proj = nn.Linear(hidden, self.nq * d, bias=False)
+        self.k_proj = nn.Linear(hidden, self.nkv * d, bias=False)
+        if not self.group_mean_from_local:
+            # mean over the KV group's query heads of Q0_h == x @ mean_h(Wq_h)^T
+            self.q_group_mean_proj = nn.Linear(hidden, self.nkv * d, bias=False)
+        # rows: this rank's KV heads of [Wcur; Wdel]; value_delayed marks rows read from the previous token
+        self.v_proj = nn.Linear(hidden, self.nkv * d, bias=False)
+        self.value_delayed = nn.Parameter(torch.zeros(self.nkv * d), requires_grad=False)
+        self.conv_qk_depthwise = ManualConv1d(channels, config.cca_time0, groups=channels)
+        self.conv_qk_grouped = ManualConv1d(channels, config.cca_time1, groups=self.nq + self.nkv)
+        self.temp = nn.Parameter(torch.empty(self.nkv))
+        self.o_proj = nn.Linear(self.nq * d, hidden, bias=False)
+
+    def project(self, x: torch.Tensor, conv_state: torch.Tensor, value_state: torch.Tensor):
+        """x [B, S, H] (pad tokens already zeroed), conv_state [B, C, K-1], value_state [B, Cv]
+        -> q [B, S, nq, d], k/v [B, S, nkv, d], extended packed columns [B, C, K-1+S],
+        extended value projections [B, 1+S, Cv] (state candidates, gathered by the caller)."""
+        batch, seq, _ = x.shape
+        d, nq, nkv = self.head_dim, self.nq, self.nkv
+        q0 = self.q_proj(x)  # [B, S, nq * d]
+        k0 = self.k_proj(x)  # [B, S, nkv * d]
+        packed = torch.cat([conv_state.to(x.dtype), torch.cat([q0, k0], dim=-1).transpose(1, 2)], dim=-1)
+        mixed = self.conv_qk_grouped(self.conv_qk_depthwise(packed)).transpose(1, 2)  # [B, S, C]
+
+        k0_heads = k0.view(batch, seq, nkv, 1, d)
+        q_res = (q0.view(batch, seq, nkv, nq // nkv, d) + k0_heads) * 0.5  # [B, S, nkv, G_local, d]
+        if self.group_mean_from_local:
+            k_res = q_res.mean(dim=-2)
+        else:
+            k_res = ((self.q_group_mean_proj(x).view(batch, seq, nkv, 1, d) + k0_heads) * 0.5)[..., 0, :]
+        q = mixed[..., :nq * d].reshape(batch, seq, nq, d) + q_res.reshape(batch, seq, nq, d)
+        k = mixed[..., nq * d:].reshape(batch, seq, nkv, d) + k_res
+
+        v_all = torch.cat([value_state[:, None].to(x.dtype), self.v_proj(x)], dim=1)  # [B, 1+S, Cv]
+        v = torch.where(self.value_delayed > 0, v_all[:, :-1], v_all[:, 1:]).view(batch, seq, nkv, d)
+        return q, k, v, packed, v_all
+
+    def qk_norm_rope(self, q, k, cos, sin):
+        scale = self.head_dim ** 0.5
+        q = l2_normalize(q, scale)
+        k = l2_normalize(k, scale) * self.temp[:, None]
+        return apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
+
+    def allowed(self, q_pos: torch.Tensor, k_pos: torch.Tensor, k_valid: torch.Tensor) -> torch.Tensor:
+        """[B, S] query positions, [B, T] key positions and validity -> [B, S, T] causal (+window) mask."""
+        rel = q_pos[:, :, None] - k_pos[:, None, :]
+        allowed = (rel >= 0) & k_valid[:, None, :]
+        if self.sliding_window is not None:
+            allowed = allowed & (rel < self.sliding_window)
+        return allowed
+
+    def forward(self, x, cos, sin, positions, token_mask, conv_state, value_state, past=None):
+        """x [B, S, H] normalised block input; positions [B, S]; token_mask [B, S] bool (False = padding);
+        conv_state [B, C, K-1] and value_state [B, Cv] hold the history before x (zeros for a new sequence);
+        past: None (attend within x) or (k [B, nkv, T, d], v [B, nkv, T, d], k_pos [B, T], k_valid [B, T]).
+
+        Returns (partial output [B, S, H] (sum over ranks = attention output), new k, new v [B, nkv, S, d],
+        packed columns [B, C, K-1+S], value projections [B, 1+S, Cv])."""
+        x = x * token_mask[..., None].to(x.dtype)  # pads must not reach the conv or the value state
+        q, k, v, packed, v_all = self.project(x, conv_state, value_state)
+        q, k = self.qk_norm_rope(q, k, cos, sin)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, nkv, S, d]
+        if past is None:
+            keys, values, mask = k, v, self.allowed(positions, positions, token_mask)
+        else:
+            past_k, past_v, past_pos, past_valid = past
+            keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+            mask = self.allowed(positions, torch.cat([past_pos, positions], 1), torch.cat([past_valid, token_mask], 1))
+        out = self.o_proj(attention(q, keys, values, mask))
+        return out, k, v, packed, v_all
+
+
+def gather_state(packed: torch.Tensor, v_all: torch.Tensor, lengths: torch.Tensor, state_len: int):
+    """State after each sequence's last real token: the ``state_len`` packed columns ending at it and its
+    value projection. packed [B, C, state_len + S], v_all [B, 1 + S, Cv], lengths [B] (real tokens in the
+    chunk) -> conv_state [B, C, state_len], value_state [B, Cv]."""
+    steps = torch.arange(state_len, device=packed.device)
+    cols = (lengths[:, None] + steps[None, :]).to(torch.long)  # extended index of the last state_len columns
+    conv_state = packed.gather(2, cols[:, None, :].expand(-1, packed.shape[1], -1))
+    value_state = v_all.gather(1, lengths.to(torch.long)[:, None, None].expand(-1, 1, v_all.shape[2]))[:, 0]
+    return conv_state, value_state

@@ -1,0 +1,271 @@
+"""Checkpoint loading: safetensors (single file or sharded with an index) in either layout, mapped to our
+canonical parameter names in one name-mapping pass, streamed tensor by tensor into preallocated weights.
+
+The mapping is an explicit table ``checkpoint key -> (canonical key, index)`` built from the config; the
+index places a tensor inside a canonical one (a stacked expert, one half of the fused value projection).
+The same table is the list of expected keys, so missing and unexpected keys are reported by their names in
+the checkpoint. Nothing is unpickled and no code from the checkpoint runs: only safetensors are read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .config import ZayaConfig
+from .errors import CheckpointError, CheckpointNotFoundError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+_FLOAT_STORAGE = {"F64", "F32", "F16", "BF16"}
+# keys some exporters add that carry nothing we need
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq")
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.lower().removeprefix("torch.")]
+    raise CheckpointError(f"unsupported dtype {dtype!r}: use one of float32, bfloat16, float16.")
+
+
+# ---------------------------------------------------------------------------------------------- key tables
+def _layer_keys(i: int) -> dict[str, str]:
+    """canonical names of hybrid layer i, by role"""
+    p = f"model.layers.{i}."
+    return {"attn": p + "self_attn.", "router": p + "mlp.router.", "experts": p + "mlp.experts.", "layer": p}
+
+
+RESIDUAL = ("hidden_states_scale", "hidden_states_bias", "residual_scale", "residual_bias")
+ROUTER_MLP = {"fc1": "fc1", "fc2": "fc2", "out_proj": "out_proj"}
+
+
+def hf_key_table(cfg: ZayaConfig) -> dict[str, tuple[str, object]]:
+    half = cfg.num_key_value_heads * cfg.head_dim // 2
+    t: dict[str, tuple[str, object]] = {
+        "model.embed_tokens.weight": ("model.embed_tokens.weight", None),
+        "model.input_hidden_states_scale": ("model.input_scale.hidden_states_scale", None),
+        "model.input_hidden_states_bias": ("model.input_scale.hidden_states_bias", None),
+        "model.norm.weight": ("model.norm.weight", None),
+    }
+    for i in range(cfg.num_hidden_layers):
+        k, s = _layer_keys(i), f"model.layers.{i}."
+        t[s + "input_layernorm.weight"] = (k["layer"] + "input_layernorm.weight", None)
+        t[s + "post_attention_layernorm.weight"] = (k["layer"] + "post_attention_layernorm.weight", None)
+        for proj in ("q_proj", "k_proj"):
+            t[s + f"self_attn.qkv_proj.{proj}.weight"] = (k["attn"] + f"{proj}.weight", None)
+        t[s + "self_attn.qkv_proj.v_proj_current.weight"] = (k["attn"] + "v_proj.weight", slice(0, half))
+        t[s + "self_attn.qkv_proj.v_proj_delayed.weight"] = (k["attn"] + "v_proj.weight", slice(half, 2 * half))
+        for conv in ("conv_qk_depthwise", "conv_qk_grouped"):
+            for part in ("weight", "bias"):
+                t[s + f"self_attn.qkv_proj.{conv}.{part}"] = (k["attn"] + f"{conv}.{part}", None)
+        t[s + "self_attn.qk_norm.temp"] = (k["attn"] + "temp", None)
+        t[s + "self_attn.o_proj.weight"] = (k["attn"] + "o_proj.weight", None)
+        for merge in ("post_attention_residual_scale", "post_mlp_residual_scale"):
+            for name in RESIDUAL:
+                t[s + f"{merge}.{name}"] = (k["layer"] + f"{merge}.{name}", None)
+        g = s + "mlp.gate."
+        t[g + "down_proj.weight"] = (k["router"] + "down_proj.weight", None)
+        t[g + "down_proj.bias"] = (k["router"] + "down_proj.bias", None)
+        if i > 0:
+            t[g + "router_states_scale"] = (k["router"] + "states_scale", None)
+        t[g + "router_mlp.norm.weight"] = (k["router"] + "norm.weight", None)
+        for src, dst in ROUTER_MLP.items():
+            t[g + f"router_mlp.{src}.weight"] = (k["router"] + f"{dst}.weight", None)
+            if dst != "out_proj":
+                t[g + f"router_mlp.{src}.bias"] = (k["router"] + f"{dst}.bias", None)
+        t[g + "balancing_biases"] = (k["router"] + "balancing_biases", None)
+        t[s + "mlp.experts.gate_up_proj"] = (k["experts"] + "gate_up_proj", None)
+        t[s + "mlp.experts.down_proj"] = (k["experts"] + "down_proj", None)
+    if not cfg.tie_word_embeddings:
+        t["lm_head.weight"] = ("lm_head.weight", None)
+    return t
+
+
+def original_key_table(cfg: ZayaConfig) -> dict[str, tuple[str, object]]:
+    half = cfg.num_key_value_heads * cfg.head_dim // 2
+    layers = cfg.num_hidden_layers
+    t: dict[str, tuple[str, object]] = {
+        "model.embed_tokens.weight": ("model.embed_tokens.weight", None),
+        "model.layers.0.res_scale.hidden_states_scale": ("model.input_scale.hidden_states_scale", None),
+        "model.layers.0.res_scale.hidden_states_bias": ("model.input_scale.hidden_states_bias", None),
+        "model.final_norm.weight": ("model.norm.weight", None),
+    }
+    for i in range(layers):
+        k, a, m = _layer_keys(i), f"model.layers.{2 * i}.", f"model.layers.{2 * i + 1}."
+        t[a + "input_norm.weight"] = (k["layer"] + "input_layernorm.weight", None)
+        t[a + "self_attn.qkv.linear_q.weight"] = (k["attn"] + "q_proj.weight", None)
+        t[a + "self_attn.qkv.linear_k.weight"] = (k["attn"] + "k_proj.weight", None)
+        t[a + "self_attn.qkv.val_proj1.weight"] = (k["attn"] + "v_proj.weight", slice(0, half))
+        t[a + "self_attn.qkv.val_proj2.weight"] = (k["attn"] + "v_proj.weight", slice(half, 2 * half))
+        for idx, conv in enumerate(("conv_qk_depthwise", "conv_qk_grouped")):
+            for part in ("weight", "bias"):
+                t[a + f"self_attn.qkv.conv_qk.{idx}.{part}"] = (k["attn"] + f"{conv}.{part}", None)
+        t[a + "self_attn.qkv.temp"] = (k["attn"] + "temp", None)
+        t[a + "self_attn.o_proj.weight"] = (k["attn"] + "o_proj.weight", None)
+        # half-layer n merges the output of half-layer n - 1 with its own res_scale
+        closing = f"model.layers.{2 * i + 2}.res_scale." if i < layers - 1 else "model.res_scale."
+        for name in RESIDUAL:
+            t[m + f"res_scale.{name}"] = (k["layer"] + f"post_attention_residual_scale.{name}", None)
+            t[closing + name] = (k["layer"] + f"post_mlp_residual_scale.{name}", None)
+        t[m + "input_norm.weight"] = (k["layer"] + "post_attention_layernorm.weight", None)
+        r = m + "zaya_block.router."
+        t[r + "down_proj.weight"] = (k["router"] + "down_proj.weight", None)
+        t[r + "down_proj.bias"] = (k["router"] + "down_proj.bias", None)
+        if i > 0:
+            t[r + "router_states_scale"] = (k["router"] + "states_scale", None)
+        t[r + "rmsnorm_eda.weight"] = (k["router"] + "norm.weight", None)
+        for idx, dst in ((0, "fc1"), (2, "fc2"), (4, "out_proj")):
+            t[r + f"router_mlp.{idx}.weight"] = (k["router"] + f"{dst}.weight", None)
+            if dst != "out_proj":
+                t[r + f"router_mlp.{idx}.bias"] = (k["router"] + f"{dst}.bias", None)
+        t[r + "balancing_biases"] = (k["router"] + "balancing_biases", None)
+        for e in range(cfg.num_experts):
+            x = m + f"zaya_block.experts.local_experts.{e}."
+            t[x + "linear_fc1.weight"] = (k["experts"] + "gate_up_proj", e)
+            t[x + "linear_fc2.weight"] = (k["experts"] + "down_proj", e)
+    if not cfg.tie_word_embeddings:
+        t["lm_head.weight"] = ("lm_head.weight", None)
+    return t
+
+
+KEY_TABLES = {"hf": hf_key_table, "original": original_key_table}
+
+
+def derived_tensors(cfg: ZayaConfig) -> dict[str, torch.Tensor]:
+    """Canonical tensors that are not in any checkpoint: which value channels come from the previous token."""
+    channels = cfg.num_key_value_heads * cfg.head_dim
+    delayed = (torch.arange(channels) >= channels // 2).to(torch.float32)
+    return {f"model.layers.{i}.self_attn.value_delayed": delayed for i in range(cfg.num_hidden_layers)}
+
+
+# ---------------------------------------------------------------------------------------------- files
+def checkpoint_files(path: Path) -> dict[str, Path]:
+    """checkpoint key -> file that holds it, from the index or from the safetensors files' headers."""
+    if not path.is_dir():
+        raise CheckpointNotFoundError(f"checkpoint directory {path} does not exist.")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index} is not a valid safetensors index ({exc!r}); it needs a "
+                                  f"'weight_map' object. Restore it from the original checkpoint.") from None
+        missing = sorted({f for f in weight_map.values() if not (path / f).is_file()})
+        if missing:
+            raise CheckpointNotFoundError(f"{index} names shard(s) that do not exist in {path}: {missing}. "
+                                          f"Download the missing shard(s).")
+        return {key: path / file for key, file in weight_map.items()}
+    single = path / "model.safetensors"
+    files = [single] if single.is_file() else sorted(path.glob("*.safetensors"))
+    if not files:
+        others = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        hint = (f" Found {others}: pickled weights are never loaded (they can run code); convert them to "
+                f"safetensors first." if others else "")
+        raise CheckpointNotFoundError(f"no *.safetensors files in {path}.{hint}")
+    keys: dict[str, Path] = {}
+    for file in files:
+        with _open(file) as f:
+            for key in f.keys():
+                keys[key] = file
+    return keys
+
+
+def _open(file: Path):
+    try:
+        return safe_open(str(file), framework="pt")
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{file} is not a readable safetensors file ({exc}). It is probably truncated "
+                              f"or corrupt: download it again.") from None
+
+
+def _summarise(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _check_keys(cfg: ZayaConfig, table: dict, present: set[str], path: Path) -> None:
+    other = KEY_TABLES["hf" if cfg.layout == "original" else "original"](cfg)
+    foreign = sorted(k for k in present if k in other and k not in table)
+    if foreign:
+        raise CheckpointError(f"{path}: config.json is in the {cfg.layout} layout but the weights include "
+                              f"{len(foreign)} key(s) of the other layout ({_summarise(foreign, 4)}). Both layouts "
+                              f"are mixed in one checkpoint: keep one layout's files and config.")
+    tolerated = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
+    unexpected = sorted(k for k in present - set(table) if k not in tolerated and not k.endswith(_IGNORED_SUFFIXES))
+    missing = sorted(set(table) - present)
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s): {_summarise(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} tensor(s): {_summarise(unexpected)}")
+    if problems:
+        raise CheckpointError(f"{path}: the weights do not match config.json ({cfg.layout} layout, "
+                              f"{cfg.num_hidden_layers} layers, {cfg.num_experts} experts): " + "; ".join(problems)
+                              + ". Check that config.json belongs to these weights and that no shard is missing.")
+
+
+def load_into(model: torch.nn.Module, cfg: ZayaConfig, path: str | Path, check_finite: bool = False) -> None:
+    """Fill ``model``'s canonical parameters from the checkpoint at ``path``, one tensor at a time."""
+    path = Path(path)
+    files = checkpoint_files(path)
+    table = KEY_TABLES[cfg.layout](cfg)
+    _check_keys(cfg, table, set(files), path)
+    params = dict(model.named_parameters()) | dict(model.named_buffers())
+    by_file: dict[Path, list[str]] = {}
+    for key in table:
+        by_file.setdefault(files[key], []).append(key)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(table), desc="loading weights", unit="tensor", disable=len(table) < 200) as bar:
+        for file, keys in by_file.items():
+            with _open(file) as f:
+                for key in keys:
+                    target, index = table[key]
+                    dest = params[target].data if index is None else params[target].data[index]
+                    dtype = f.get_slice(key).get_dtype()
+                    if dtype not in _FLOAT_STORAGE:
+                        raise CheckpointError(f"{file}: tensor {key!r} is stored as {dtype}; only float32, "
+                                              f"bfloat16, float16 and float64 weights are supported.")
+                    try:
+                        tensor = f.get_tensor(key)
+                    except (SafetensorError, OSError, RuntimeError) as exc:
+                        raise CheckpointError(f"{file}: cannot read tensor {key!r} ({exc}); the file is truncated "
+                                              f"or corrupt: download it again.") from None
+                    if tuple(tensor.shape) != tuple(dest.shape):
+                        raise CheckpointError(f"{file}: tensor {key!r} has shape {list(tensor.shape)}, but "
+                                              f"config.json implies {list(dest.shape)}. Check that config.json "
+                                              f"belongs to these weights.")
+                    if check_finite and not torch.isfinite(tensor).all():
+                        raise CheckpointError(f"{file}: tensor {key!r} contains NaN or inf values; the checkpoint "
+                                              f"is damaged: download it again.")
+                    dest.copy_(tensor)
+                    bar.update()
+    for key, tensor in derived_tensors(cfg).items():
+        params[key].data.copy_(tensor)
+
+
+def load_model(cls, path, dtype=torch.float32, device="cpu", tp_degree: int = 1, check_finite: bool = False,
+               **config_overrides):
+    """Build ``cls`` (ZayaForCausalLM) from a checkpoint directory: weights allocated once, in ``dtype``, on
+    ``device``, then filled tensor by tensor (peak memory ~ one model + the largest tensor)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"checkpoint directory {path} does not exist. Pass the directory holding "
+                                      f"config.json and the *.safetensors files.")
+    dtype = resolve_dtype(dtype)
+    cfg = ZayaConfig.from_pretrained(path, **config_overrides)
+    with torch.device("meta"):
+        model = cls(cfg).to(dtype)
+    model = model.to_empty(device=device)
+    load_into(model, cfg, path, check_finite=check_finite)
+    model.eval()
+    if tp_degree == 1:
+        return model
+    from .parallel import SimulatedTP
+
+    return SimulatedTP.from_model(model, tp_degree)

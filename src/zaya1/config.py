@@ -1,0 +1,321 @@
+"""One canonical ZAYA1 config, read from either checkpoint layout.
+
+* ``original``: Zyphra's own layout (ZAYA1-base): ``zaya_layers`` alternates attention ('a') and MoE (int
+  = number of experts) half-layers, per-half-layer lists for head counts and widths.
+* ``hf``: the upstream transformers layout (ZAYA1-8B): ``num_hidden_layers`` hybrid layers, each an
+  attention block followed by a MoE block, ``layer_types`` of ``hybrid`` / ``hybrid_sliding``.
+
+Two reference implementations disagree in two places (architecture doc section 7). By default each
+checkpoint follows the reference of its own layout; both are plain fields a user can override:
+``router_norm_eps`` (original: 1e-6, hf: ``rms_norm_eps``) and ``skip_expert_output``
+(original: ``"scaled_input"`` = router probability x normalised MoE input, hf: ``"zero"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointNotFoundError, ConfigError
+
+FULL, SLIDING = "full", "sliding"
+SKIP_OUTPUTS = ("zero", "scaled_input")
+LAYOUTS = ("original", "hf")
+
+
+@dataclass
+class ZayaConfig:
+    vocab_size: int = 262272
+    hidden_size: int = 2048
+    num_hidden_layers: int = 40  # hybrid layers (attention + MoE)
+    num_attention_heads: int = 8  # CCA query heads
+    num_key_value_heads: int = 2
+    head_dim: int = 128
+    num_experts: int = 16  # real experts; the router has one more class, the skip expert
+    moe_intermediate_size: int = 2048
+    router_hidden_size: int = 256
+    cca_time0: int = 2
+    cca_time1: int = 2
+    rms_norm_eps: float = 1e-5
+    router_norm_eps: float = 1e-5
+    skip_expert_output: str = "zero"
+    layer_types: list[str] = field(default_factory=list)  # "full" | "sliding", one per layer
+    sliding_window: int | None = None  # keys with q_pos - k_pos < sliding_window (current token counted)
+    rope_theta: float = 5_000_000.0
+    rope_theta_sliding: float = 10_000.0
+    partial_rotary_factor: float = 0.5
+    max_position_embeddings: int = 131072
+    tie_word_embeddings: bool = True
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 2
+    eos_token_id: list[int] = field(default_factory=lambda: [106])
+    torch_dtype: str = "bfloat16"  # dtype the checkpoint declares
+    layout: str = "hf"
+
+    def __post_init__(self):
+        if not self.layer_types:
+            self.layer_types = [FULL] * self.num_hidden_layers
+        if isinstance(self.eos_token_id, int):
+            self.eos_token_id = [self.eos_token_id]
+        self.eos_token_id = list(self.eos_token_id or [])
+        self.validate()
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def num_router_classes(self) -> int:
+        return self.num_experts + 1
+
+    @property
+    def conv_state_len(self) -> int:
+        """Packed q/k columns the causal conv needs from the past: (cca_time0 - 1) + (cca_time1 - 1)."""
+        return self.cca_time0 - 1 + self.cca_time1 - 1
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        def need(cond: bool, what: str, fix: str) -> None:
+            if not cond:
+                raise ConfigError(f"unsupported ZAYA1 config: {what}. {fix}")
+
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "num_experts", "moe_intermediate_size",
+                     "router_hidden_size", "cca_time0", "cca_time1", "max_position_embeddings"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                 f"{name}={value!r} must be a positive integer", "Fix config.json.")
+        for name in ("rms_norm_eps", "router_norm_eps", "rope_theta", "rope_theta_sliding"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and value > 0, f"{name}={value!r} must be positive",
+                 "Fix config.json.")
+        need(self.num_attention_heads % self.num_key_value_heads == 0,
+             f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+             f"num_key_value_heads={self.num_key_value_heads}",
+             "Each KV head must serve the same number of query heads.")
+        need(self.head_dim % 2 == 0 and 0 < self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0,
+             f"partial_rotary_factor={self.partial_rotary_factor} with head_dim={self.head_dim} gives "
+             f"rotary_dim={self.rotary_dim}", "It must give an even number of rotated dims <= head_dim.")
+        need((self.num_key_value_heads * self.head_dim) % 2 == 0,
+             "num_key_value_heads * head_dim must be even (half current-token, half previous-token values)",
+             "Fix config.json.")
+        need(len(self.layer_types) == self.num_hidden_layers,
+             f"{len(self.layer_types)} layer_types for {self.num_hidden_layers} layers",
+             "Give one layer type per layer.")
+        bad = sorted({t for t in self.layer_types if t not in (FULL, SLIDING)})
+        need(not bad, f"unknown layer type(s) {bad}", "Use 'hybrid' or 'hybrid_sliding' (hf layout).")
+        if SLIDING in self.layer_types:
+            need(isinstance(self.sliding_window, int) and self.sliding_window > 0,
+                 f"sliding layers need a positive sliding_window, got {self.sliding_window!r}",
+                 "Set sliding_window in config.json.")
+        need(self.skip_expert_output in SKIP_OUTPUTS,
+             f"skip_expert_output={self.skip_expert_output!r}", f"Use one of {SKIP_OUTPUTS}.")
+        need(self.layout in LAYOUTS, f"layout={self.layout!r}", f"Use one of {LAYOUTS}.")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> "ZayaConfig":
+        """Read ``<path>/config.json`` (or a config.json path) in either layout. ``overrides`` replace
+        canonical fields, e.g. ``router_norm_eps=1e-5`` or ``skip_expert_output="zero"``."""
+        path = Path(path)
+        file = path if path.is_file() else path / "config.json"
+        if not path.exists():
+            raise CheckpointNotFoundError(f"checkpoint path {path} does not exist. Pass a directory holding "
+                                          f"config.json and *.safetensors.")
+        if not file.is_file():
+            raise CheckpointNotFoundError(f"{file} is missing: a ZAYA1 checkpoint directory needs config.json "
+                                          f"next to its *.safetensors files.")
+        try:
+            raw = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file} is not valid JSON ({exc}). Restore the original config.json.") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file} must hold a JSON object, got {type(raw).__name__}.")
+        try:
+            return cls.from_dict(raw, **overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{file}: {exc}") from None
+
+    @classmethod
+    def from_dict(cls, raw: dict, **overrides: Any) -> "ZayaConfig":
+        if "zaya_layers" in raw:
+            fields = _fields_from_original(raw)
+        elif "layer_types" in raw or "moe_intermediate_size" in raw or "router_hidden_size" in raw:
+            fields = _fields_from_hf(raw)
+        elif raw.get("layout") in LAYOUTS:  # our own to_dict()
+            fields = {k: v for k, v in raw.items() if k in _FIELD_NAMES}
+        else:
+            raise ConfigError("config.json is neither the original ZAYA1 layout (no 'zaya_layers') nor the "
+                              "Hugging Face layout (no 'layer_types' / 'moe_intermediate_size'). "
+                              "Is this a ZAYA1 checkpoint?")
+        unknown = sorted(set(overrides) - _FIELD_NAMES)
+        if unknown:
+            raise ConfigError(f"unknown config override(s) {unknown}; valid fields: {sorted(_FIELD_NAMES)}")
+        fields.update(overrides)
+        return cls(**fields)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "ZayaConfig":
+        return dataclasses.replace(self, **changes)
+
+
+_FIELD_NAMES = {f.name for f in dataclasses.fields(ZayaConfig)}
+
+
+def _require(raw: dict, *names: str) -> None:
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise ConfigError(f"required field(s) {missing} missing. Restore them from the original config.json.")
+
+
+def _int(raw: dict, name: str, default: Any = None) -> Any:
+    value = raw.get(name, default)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or value != int(value)):
+        raise ConfigError(f"{name}={value!r} must be an integer.")
+    return None if value is None else int(value)
+
+
+def _common(raw: dict) -> dict:
+    return dict(
+        vocab_size=_int(raw, "vocab_size"),
+        hidden_size=_int(raw, "hidden_size"),
+        cca_time0=_int(raw, "cca_time0", 2),
+        cca_time1=_int(raw, "cca_time1", 2),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)),
+        pad_token_id=raw.get("pad_token_id", 0),
+        bos_token_id=raw.get("bos_token_id"),
+        eos_token_id=raw.get("eos_token_id") if raw.get("eos_token_id") is not None else [],
+        torch_dtype=str(raw.get("dtype") or raw.get("torch_dtype") or "bfloat16"),
+    )
+
+
+def _reject_biases(raw: dict) -> None:
+    for name in ("attention_bias", "lm_head_bias", "add_bias_linear"):
+        if raw.get(name):
+            raise ConfigError(f"{name}=true is not supported (ZAYA1 has no such biases). Set it to false.")
+
+
+def _fields_from_hf(raw: dict) -> dict:
+    _require(raw, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "num_experts", "moe_intermediate_size")
+    _reject_biases(raw)
+    if _int(raw, "num_experts_per_tok", 1) != 1:
+        raise ConfigError(f"num_experts_per_tok={raw['num_experts_per_tok']} is not supported: ZAYA1 routes "
+                          f"top-1. Set it to 1.")
+    if raw.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"hidden_act={raw['hidden_act']!r} is not supported; ZAYA1 experts use 'silu'.")
+    layers = _int(raw, "num_hidden_layers")
+    type_map = {"hybrid": FULL, "hybrid_sliding": SLIDING}
+    types = raw.get("layer_types") or ["hybrid"] * layers
+    if not isinstance(types, list):
+        raise ConfigError(f"layer_types must be a list, got {types!r}.")
+    unknown = sorted({str(t) for t in types if t not in type_map})
+    if unknown:
+        raise ConfigError(f"unknown layer type(s) {unknown} in layer_types; supported: {sorted(type_map)}.")
+    rope = raw.get("rope_parameters") or {}
+    full = rope.get("hybrid") or {}
+    sliding = rope.get("hybrid_sliding") or {}
+    for params in (full, sliding):
+        if params.get("rope_type", "default") != "default":
+            raise ConfigError(f"rope_type={params['rope_type']!r} is not supported; ZAYA1 uses 'default'.")
+    eps = float(raw.get("rms_norm_eps", 1e-5))
+    num_heads = _int(raw, "num_attention_heads")
+    return dict(
+        _common(raw),
+        num_hidden_layers=layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=_int(raw, "num_key_value_heads"),
+        head_dim=_int(raw, "head_dim") or _int(raw, "hidden_size") // num_heads,
+        num_experts=_int(raw, "num_experts"),
+        moe_intermediate_size=_int(raw, "moe_intermediate_size"),
+        router_hidden_size=_int(raw, "router_hidden_size", 256),
+        rms_norm_eps=eps,
+        router_norm_eps=eps,
+        skip_expert_output="zero",
+        layer_types=[type_map[t] for t in types],
+        sliding_window=_int(raw, "sliding_window"),
+        rope_theta=float(full.get("rope_theta", raw.get("rope_theta", 5_000_000.0))),
+        rope_theta_sliding=float(sliding.get("rope_theta", 10_000.0)),
+        partial_rotary_factor=float(full.get("partial_rotary_factor", 0.5)),
+        max_position_embeddings=_int(raw, "max_position_embeddings", 131072),
+        layout="hf",
+    )
+
+
+def _uniform(values: list, name: str) -> Any:
+    if len(set(map(str, values))) != 1:
+        raise ConfigError(f"{name} differs between layers ({values}); only uniform layers are supported.")
+    return values[0]
+
+
+def _fields_from_original(raw: dict) -> dict:
+    _require(raw, "vocab_size", "hidden_size", "zaya_layers")
+    _reject_biases(raw)
+    kinds = raw["zaya_layers"]
+    if not isinstance(kinds, list) or not kinds or len(kinds) % 2:
+        raise ConfigError(f"zaya_layers must be a non-empty list of even length, got {kinds!r}.")
+    attn, moe = kinds[0::2], kinds[1::2]
+    if any(k != "a" for k in attn) or any(isinstance(k, bool) or not isinstance(k, int) for k in moe):
+        raise ConfigError(f"zaya_layers must alternate 'a' (attention) and an expert count (MoE), starting "
+                          f"with 'a'; got {kinds!r}.")
+    n = len(kinds)  # never num_hidden_layers: the fork's default (120) is unreliable
+    if _int(raw, "moe_router_topk", 1) != 1:
+        raise ConfigError(f"moe_router_topk={raw['moe_router_topk']} is not supported: ZAYA1 routes top-1.")
+    if raw.get("activation_func", "swiglu") != "swiglu" or raw.get("gated_linear_unit", True) is False:
+        raise ConfigError("only gated SwiGLU experts are supported (activation_func 'swiglu').")
+    for flag in ("zaya_use_mod", "zaya_use_eda", "scale_residual_merge"):
+        if raw.get(flag, True) is False:
+            raise ConfigError(f"{flag}=false is not supported: ZAYA1 checkpoints set it to true.")
+
+    def per_layer(name: str, default: Any = None) -> list:
+        value = raw.get(name, default)
+        return list(value) if isinstance(value, list) else [value] * n
+
+    hidden = _int(raw, "hidden_size")
+    q_heads = per_layer("cca_num_q_heads")
+    kv_heads = per_layer("num_query_groups_list", raw.get("num_key_value_heads", raw.get("num_query_groups")))
+    ffn = per_layer("ffn_hidden_size_list", raw.get("ffn_hidden_size"))
+    router = per_layer("zaya_mlp_expansion", 256)
+    num_heads = _int(raw, "num_attention_heads")
+    nq = _uniform(q_heads[0::2], "cca_num_q_heads") if q_heads[0] is not None else num_heads // 2
+    nkv = _uniform(kv_heads[0::2], "num_query_groups_list")
+    head_dim = _int(raw, "head_dim") or _int(raw, "kv_channels") or hidden // num_heads
+    experts = _uniform(moe, "zaya_layers expert counts")
+    ffn_width = _uniform(ffn[1::2], "ffn_hidden_size_list")
+    if ffn_width is None or ffn_width % 2:
+        raise ConfigError(f"ffn_hidden_size_list MoE entries must be even (gate + up), got {ffn_width!r}.")
+    swa = per_layer("swa_layers", 0)[0::2] if raw.get("swa_layers") else [0] * (n // 2)
+    swa = [int(v or 0) for v in swa]
+    windows = [v for v in swa if v > 0]
+    return dict(
+        _common(raw),
+        num_hidden_layers=n // 2,
+        num_attention_heads=_int({"v": nq}, "v"),
+        num_key_value_heads=_int({"v": nkv}, "v"),
+        head_dim=head_dim,
+        num_experts=experts,
+        moe_intermediate_size=ffn_width // 2,
+        router_hidden_size=_int({"v": _uniform(router[1::2], "zaya_mlp_expansion")}, "v"),
+        rms_norm_eps=float(raw.get("norm_epsilon", 1e-5)),
+        router_norm_eps=1e-6,  # the original implementation's router norm ignores the config (doc P2)
+        skip_expert_output="scaled_input",
+        layer_types=[SLIDING if v > 0 else FULL for v in swa],
+        sliding_window=max(windows) + 1 if windows else None,  # Megatron counts previous tokens only
+        rope_theta=float(raw.get("rope_theta") or 10_000.0),
+        rope_theta_sliding=float(raw.get("swa_rotary_base") or 10_000.0),
+        partial_rotary_factor=float(raw.get("partial_rotary_factor", 0.5)),
+        max_position_embeddings=_int(raw, "max_position_embeddings", 4096),
+        layout="original",
+    )
+
+
+def round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)

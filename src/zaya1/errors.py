@@ -1,0 +1,30 @@
+"""Error types. Each derives from the builtin a caller would catch for that kind of mistake, and every
+message says what is wrong, where (file, tensor key, argument) and how to fix it."""
+
+
+class ZayaError(Exception):
+    """Base class of every error zaya1 raises on purpose."""
+
+
+class ConfigError(ZayaError, ValueError):
+    """config.json is unreadable, incomplete or asks for something ZAYA1 inference does not support."""
+
+
+class CheckpointNotFoundError(ZayaError, FileNotFoundError):
+    """A checkpoint directory or one of its files does not exist."""
+
+
+class CheckpointError(ZayaError, ValueError):
+    """The weights do not match the config: missing, unexpected or mis-shaped tensors, broken files."""
+
+
+class InputError(ZayaError, ValueError):
+    """Bad arguments to forward / generate: token ids, lengths, sampling parameters."""
+
+
+class ArtifactError(ZayaError, ValueError):
+    """Compiled Neuron artifacts are incomplete or were built for another configuration."""
+
+
+class NeuronUnavailableError(ZayaError, ImportError):
+    """The Neuron SDK (torch-neuronx, neuronx-distributed, NxDI) is not installed."""

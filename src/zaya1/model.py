@@ -1,0 +1,293 @@
+"""ZAYA1 in plain PyTorch: the modules every backend shares, a static decode state, and the two step
+functions (prefill, decode) that NxDI traces.
+
+Numerics follow upstream transformers (architecture doc section 3): bf16 (model dtype) blocks, an fp32
+residual stream that is rounded to the model dtype before each RMSNorm, learned residual scaling, fp32
+logits. Shapes: B batch, S tokens in the step, T cache length, H hidden, V vocab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cca import CCAttention, gather_state, rope_cos_sin
+from .config import SLIDING, ZayaConfig
+from .moe import RMSNorm, ZayaMoE
+from .parallel import AttentionShard, LocalComm, padded_vocab
+
+
+class ResidualScale(nn.Module):
+    """merge(y, r) = (y + b_y) * s_y + (r + b_r) * s_r: y in the model dtype, r (and the sum) in fp32."""
+
+    def __init__(self, hidden: int, with_residual: bool = True):
+        super().__init__()
+        self.hidden_states_scale = nn.Parameter(torch.empty(hidden))
+        self.hidden_states_bias = nn.Parameter(torch.empty(hidden))
+        if with_residual:
+            self.residual_scale = nn.Parameter(torch.empty(hidden))
+            self.residual_bias = nn.Parameter(torch.empty(hidden))
+
+    def forward(self, y: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        y = (y + self.hidden_states_bias) * self.hidden_states_scale
+        if residual is None:  # the embedding: no residual yet
+            return y.to(torch.float32)
+        return y + (residual + self.residual_bias) * self.residual_scale
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Embedding split by vocabulary over ranks (whole table when tp == 1). ``rank`` is a per-rank tensor
+    (NxD's SPMDRank convention) so that the offset survives SPMD tracing."""
+
+    def __init__(self, vocab_local: int, hidden: int, comm):
+        super().__init__()
+        self.comm = comm
+        self.weight = nn.Parameter(torch.empty(vocab_local, hidden))
+        if comm.world_size > 1:
+            self.rank = nn.Parameter(torch.zeros(1, dtype=torch.int32), requires_grad=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.comm.world_size == 1:
+            return F.embedding(ids, self.weight)
+        rows = self.weight.shape[0]
+        local = ids - self.rank * rows
+        inside = (local >= 0) & (local < rows)
+        out = F.embedding(local.clamp(0, rows - 1), self.weight) * inside[..., None].to(self.weight.dtype)
+        return self.comm.all_reduce(out)
+
+
+class ZayaDecoderLayer(nn.Module):
+    """Attention block then MoE block, each merged into the fp32 residual with learned scaling."""
+
+    def __init__(self, config: ZayaConfig, idx: int, shard: AttentionShard, comm):
+        super().__init__()
+        self.comm = comm
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = CCAttention(config, idx, shard)
+        self.post_attention_residual_scale = ResidualScale(config.hidden_size)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = ZayaMoE(config, use_eda=idx > 0, intermediate=config.moe_intermediate_size // comm.world_size)
+        self.post_mlp_residual_scale = ResidualScale(config.hidden_size)
+
+    def forward(self, residual, router_state, cos, sin, positions, token_mask, conv_state, value_state,
+                past=None, dispatch="blockwise"):
+        dtype = self.input_layernorm.weight.dtype
+        attn, k, v, packed, v_all = self.self_attn(self.input_layernorm(residual.to(dtype)), cos, sin, positions,
+                                                   token_mask, conv_state, value_state, past)
+        residual = self.post_attention_residual_scale(self.comm.all_reduce(attn), residual)
+        y, skip_term, router_state = self.mlp(self.post_attention_layernorm(residual.to(dtype)), router_state,
+                                              dispatch)
+        y = self.comm.all_reduce(y)
+        if skip_term is not None:
+            y = y + skip_term
+        return self.post_mlp_residual_scale(y, residual), router_state, (k, v, packed, v_all)
+
+
+@dataclass
+class LayerStep:
+    """What one layer hands back from a step: new K/V [B, nkv, S, d] and the state after the last real
+    token: conv [B, C, K-1], value [B, Cv]."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    conv: torch.Tensor
+    value_prev: torch.Tensor
+
+
+class ZayaModel(nn.Module):
+    """Embedding, decoder layers, final norm. ``forward`` runs one chunk of tokens for every layer."""
+
+    def __init__(self, config: ZayaConfig, comm=None):
+        super().__init__()
+        comm = comm or LocalComm()
+        self.config, self.comm = config, comm
+        self.shard = AttentionShard.for_tp(config, comm.world_size)
+        self.embed_tokens = VocabParallelEmbedding(padded_vocab(config, comm.world_size) // comm.world_size,
+                                                   config.hidden_size, comm)
+        self.input_scale = ResidualScale(config.hidden_size, with_residual=False)
+        self.layers = nn.ModuleList(ZayaDecoderLayer(config, i, self.shard, comm)
+                                    for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def rope(self, positions: torch.Tensor) -> dict:
+        cfg = self.config
+        thetas = {"full": cfg.rope_theta, SLIDING: cfg.rope_theta_sliding}
+        return {kind: rope_cos_sin(positions, thetas[kind], cfg.rotary_dim, self.dtype)
+                for kind in sorted(set(cfg.layer_types))}
+
+    def forward(self, input_ids, positions, token_mask, lengths, states, past=None, dispatch="blockwise"):
+        """input_ids/positions [B, S], token_mask [B, S] bool, lengths [B] (index after the last real token),
+        states: per layer (conv_state, value_state) before the chunk; past: per layer (k, v, k_pos, k_valid)
+        or None. Returns the final-normed hidden states [B, S, H] and a LayerStep per layer."""
+        residual = self.input_scale(self.embed_tokens(input_ids))
+        rope = self.rope(positions)
+        router_state, steps = None, []
+        for i, layer in enumerate(self.layers):
+            cos, sin = rope[self.config.layer_types[i]]
+            residual, router_state, (k, v, packed, v_all) = layer(
+                residual, router_state, cos, sin, positions, token_mask, *states[i],
+                past[i] if past is not None else None, dispatch)
+            conv, value_prev = gather_state(packed, v_all, lengths, self.config.conv_state_len)
+            steps.append(LayerStep(k, v, conv, value_prev))
+        return self.norm(residual.to(self.dtype)), steps
+
+
+class ZayaState(nn.Module):
+    """Preallocated decode state of ``max_batch`` sequences (cache rows) of up to ``max_seq`` tokens.
+    Per layer: K/V [max_batch, nkv, max_seq, d], conv state [max_batch, C, K-1] (the last packed q/k
+    projection columns), value state [max_batch, Cv] (the last token's value projections)."""
+
+    def __init__(self, model: ZayaModel, max_batch: int, max_seq: int):
+        super().__init__()
+        cfg, shard = model.config, model.shard
+        ref = model.embed_tokens.weight
+        layers, d = cfg.num_hidden_layers, cfg.head_dim
+        self.max_batch, self.max_seq = max_batch, max_seq
+        kv_shape = (layers, max_batch, shard.kv_heads, max_seq, d)
+        self.register_buffer("keys", ref.new_zeros(kv_shape), persistent=False)
+        self.register_buffer("values", ref.new_zeros(kv_shape), persistent=False)
+        channels = (shard.q_heads + shard.kv_heads) * d
+        self.register_buffer("conv", ref.new_zeros(layers, max_batch, channels, cfg.conv_state_len), persistent=False)
+        self.register_buffer("value_prev", ref.new_zeros(layers, max_batch, shard.kv_heads * d), persistent=False)
+
+    def nbytes_per_token(self) -> int:
+        return 2 * self.keys[:, 0, :, 0].numel() * self.keys.element_size()
+
+    def nbytes_per_sequence(self) -> int:
+        return (self.conv[:, 0].numel() + self.value_prev[:, 0].numel()) * self.conv.element_size()
+
+
+@dataclass
+class ZayaOutput:
+    logits: torch.Tensor
+
+
+class ZayaForCausalLM(nn.Module):
+    """ZAYA1 causal LM. ``forward`` is a full-sequence forward; ``prefill`` / ``decode`` are the static-shape
+    step functions over a ``ZayaState``; ``generate`` mirrors transformers' generate."""
+
+    def __init__(self, config: ZayaConfig, comm=None):
+        super().__init__()
+        self.config = config
+        self.model = ZayaModel(config, comm)
+        self.comm = self.model.comm
+        # the lm_head is the (vocab-split) embedding when tied; logits of padded vocab rows are dropped
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
+            config.hidden_size, self.model.embed_tokens.weight.shape[0], bias=False)
+        self.dispatch = "grouped"  # eager prefill dispatch; tracing/export uses "blockwise"
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str = torch.float32, device="cpu",
+                        tp_degree: int = 1, check_finite: bool = False, **config_overrides):
+        """Load a checkpoint directory of either layout. ``tp_degree > 1`` returns a ``SimulatedTP`` model
+        that runs the per-rank shards of the Neuron sharding plan in one process."""
+        from .checkpoint import load_model
+
+        return load_model(cls, path, dtype=dtype, device=device, tp_degree=tp_degree,
+                          check_finite=check_finite, **config_overrides)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    # ------------------------------------------------------------------ pieces
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        logits = self.comm.all_gather(F.linear(hidden, weight), dim=-1)
+        return logits[..., :self.config.vocab_size].to(torch.float32)
+
+    def _zero_states(self, batch: int, device) -> list:
+        shard, cfg = self.model.shard, self.config
+        conv = torch.zeros(batch, (shard.q_heads + shard.kv_heads) * cfg.head_dim, cfg.conv_state_len,
+                           dtype=self.dtype, device=device)
+        value = torch.zeros(batch, shard.kv_heads * cfg.head_dim, dtype=self.dtype, device=device)
+        return [(conv, value)] * cfg.num_hidden_layers
+
+    def new_state(self, max_batch: int, max_seq: int) -> ZayaState:
+        return ZayaState(self.model, max_batch, max_seq).to(self.device)
+
+    # ------------------------------------------------------------------ full-sequence forward
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> ZayaOutput:
+        """input_ids [B, S] -> logits [B, S, V] (fp32). attention_mask [B, S] (1 = token, 0 = padding, left or
+        right): padding is zeroed before the convolutions and never attended. Positions default to 0..S-1
+        (as transformers does without position_ids)."""
+        from .generation import check_token_ids
+
+        check_token_ids(input_ids, self.config.vocab_size)
+        batch, seq = input_ids.shape
+        token_mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                      else attention_mask.to(torch.bool))
+        if position_ids is None:
+            position_ids = torch.arange(seq, device=input_ids.device).expand(batch, seq)
+        lengths = torch.full((batch,), seq, device=input_ids.device)
+        hidden, _ = self.model(input_ids, position_ids, token_mask, lengths,
+                               self._zero_states(batch, input_ids.device), dispatch=self._dispatch())
+        return ZayaOutput(self.logits(hidden))
+
+    def _dispatch(self) -> str:
+        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        return "blockwise" if tracing else self.dispatch
+
+    # ------------------------------------------------------------------ step functions
+    def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, seq_ids: torch.Tensor,
+                state: ZayaState) -> torch.Tensor:
+        """Context encoding. input_ids [B, S] right-padded, lengths [B] real tokens, seq_ids [B] cache rows.
+        Writes K/V for positions 0..S-1 and each sequence's state after its last real token; returns the
+        logits of that token [B, V]."""
+        batch, seq = input_ids.shape
+        positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
+        token_mask = positions < lengths[:, None]
+        hidden, steps = self.model(input_ids, positions, token_mask, lengths,
+                                   self._zero_states(batch, input_ids.device), dispatch=self._dispatch())
+        for i, step in enumerate(steps):
+            state.keys[i, seq_ids, :, :seq] = step.key
+            state.values[i, seq_ids, :, :seq] = step.value
+            state.conv[i, seq_ids] = step.conv
+            state.value_prev[i, seq_ids] = step.value_prev
+        last = (lengths - 1).clamp_min(0).to(torch.long)
+        return self.logits(hidden[torch.arange(batch, device=hidden.device), last])
+
+    def decode(self, input_ids: torch.Tensor, positions: torch.Tensor, seq_ids: torch.Tensor,
+               state: ZayaState, kv_len: int | None = None) -> torch.Tensor:
+        """Token generation. input_ids [B, 1] at positions [B] into cache rows seq_ids [B]. Attends to the
+        first ``kv_len`` cache positions (a static bucket >= max(positions); default max_seq) and returns
+        logits [B, V]."""
+        batch = input_ids.shape[0]
+        kv_len = kv_len or state.max_seq
+        device = input_ids.device
+        k_pos = torch.arange(kv_len, device=device).expand(batch, kv_len)
+        k_valid = k_pos < positions[:, None]
+        past = [(state.keys[i, seq_ids, :, :kv_len], state.values[i, seq_ids, :, :kv_len], k_pos, k_valid)
+                for i in range(self.config.num_hidden_layers)]
+        states = [(state.conv[i, seq_ids], state.value_prev[i, seq_ids]) for i in range(self.config.num_hidden_layers)]
+        ones = torch.ones(batch, device=device, dtype=torch.long)
+        hidden, steps = self.model(input_ids, positions[:, None], torch.ones_like(input_ids, dtype=torch.bool),
+                                   ones, states, past, dispatch="gather")
+        rows, heads = seq_ids[:, None], torch.arange(self.model.shard.kv_heads, device=device)[None, :]
+        for i, step in enumerate(steps):
+            state.keys[i, rows, heads, positions[:, None]] = step.key[:, :, 0]
+            state.values[i, rows, heads, positions[:, None]] = step.value[:, :, 0]
+            state.conv[i, seq_ids] = step.conv
+            state.value_prev[i, seq_ids] = step.value_prev
+        return self.logits(hidden[:, 0])
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:
+        """Like transformers' generate: returns input_ids followed by the new tokens (see generation.generate)."""
+        from .generation import generate
+
+        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)

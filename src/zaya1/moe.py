@@ -1,0 +1,152 @@
+"""ZAYA1 mixture of experts: MLP router with expert depth averaging (EDA), a skip class, top-1 SwiGLU experts.
+
+Router (architecture doc section 3.4), per token u [H] and previous MoE layer's router state s_prev [R]:
+
+    s      = u Wd^T + bd  (+ s_prev * lambda on every MoE layer but the first)   -> next layer's s_prev
+    logits = W3 gelu(W2 gelu(W1 rmsnorm(s) + c1) + c2)                            [E + 1], class E = skip
+    p      = softmax(logits) in the model dtype
+    e*     = argmax(fp32(p) + balancing_biases)    (biases steer the choice only)
+    y      = p[e*] * expert_{e*}(u)   or, for the skip class, 0 (hf) / p[e*] * u (original)
+
+Expert dispatch, all with static shapes and exact (no token dropping):
+
+* ``gather``    (decode): every token gathers its own expert's weights, so a step reads only the selected
+                experts. T tokens read T experts, so it is for small T.
+* ``blockwise`` (prefill): tokens are sorted by expert (stable argsort) and laid out in blocks of
+                ``block_size`` rows that each belong to one expert, every expert's group padded to whole
+                blocks. At most T // block + min(E, T) blocks exist, a static bound, so compute is about
+                T + E * block rows instead of E * T, and each block reads one expert's weights. This is the
+                shape of NxD's blockwise MoE and traces without data-dependent shapes.
+* ``grouped``   (eager CPU/GPU only): loops over the experts that received tokens; fastest in eager mode
+                but data-dependent, so never used while tracing or exporting.
+
+Under tensor parallelism each rank holds a slice of every expert's intermediate dimension; outputs are
+partial sums that the caller all-reduces. The router is replicated.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ZayaConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.to(torch.float32)
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+class ZayaRouter(nn.Module):
+    def __init__(self, config: ZayaConfig, use_eda: bool):
+        super().__init__()
+        r = config.router_hidden_size
+        self.num_experts = config.num_experts
+        self.down_proj = nn.Linear(config.hidden_size, r, bias=True)
+        self.states_scale = nn.Parameter(torch.empty(r)) if use_eda else None
+        self.norm = RMSNorm(r, config.router_norm_eps)
+        self.fc1 = nn.Linear(r, r, bias=True)
+        self.fc2 = nn.Linear(r, r, bias=True)
+        self.out_proj = nn.Linear(r, config.num_router_classes, bias=False)
+        # fp32 in every model dtype (the choice is made in fp32)
+        self.register_buffer("balancing_biases", torch.zeros(config.num_router_classes, dtype=torch.float32))
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.balancing_biases = self.balancing_biases.to(torch.float32)  # stays fp32 under model.to(dtype)
+        return self
+
+    def forward(self, u: torch.Tensor, prev_state: torch.Tensor | None):
+        """u [..., H] -> expert index [...] (num_experts = skip), route weight [...], router state [..., R]."""
+        state = self.down_proj(u)
+        if self.states_scale is not None and prev_state is not None:
+            state = state + prev_state * self.states_scale
+        h = F.gelu(self.fc1(self.norm(state)))
+        probs = torch.softmax(self.out_proj(F.gelu(self.fc2(h))), dim=-1)
+        choice = torch.argmax(probs.to(torch.float32) + self.balancing_biases, dim=-1)  # lowest index on ties
+        weight = probs.gather(-1, choice[..., None])[..., 0]
+        return choice, weight, state
+
+
+class ZayaExperts(nn.Module):
+    """Stacked SwiGLU experts. gate_up_proj [E, 2I, H] (rows: gate then up), down_proj [E, H, I];
+    I is this rank's share of moe_intermediate_size."""
+
+    def __init__(self, config: ZayaConfig, intermediate: int, block_size: int = 16):
+        super().__init__()
+        self.num_experts, self.block_size = config.num_experts, block_size
+        self.gate_up_proj = nn.Parameter(torch.empty(config.num_experts, 2 * intermediate, config.hidden_size))
+        self.down_proj = nn.Parameter(torch.empty(config.num_experts, config.hidden_size, intermediate))
+
+    @staticmethod
+    def _swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    def gather(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x [T, H], expert [T] in [0, E), weight [T] -> [T, H]; reads T expert weight sets."""
+        h = torch.bmm(x[:, None], self.gate_up_proj[expert].transpose(1, 2))  # [T, 1, 2I]
+        out = torch.bmm(self._swiglu(h), self.down_proj[expert].transpose(1, 2))[:, 0]
+        return out * weight[:, None]
+
+    def blockwise(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        tokens, hidden = x.shape
+        block, num_experts = self.block_size, self.num_experts
+        num_blocks = tokens // block + min(num_experts, tokens)  # static bound on the blocks in use
+        order = torch.argsort(expert, stable=True)  # tokens grouped by expert
+        counts = F.one_hot(expert, num_experts).sum(0)  # [E]
+        padded = (counts + block - 1) // block * block
+        group_start = torch.cumsum(padded, 0) - padded  # first slot of each expert's blocks
+        sorted_expert = expert[order]
+        rank_in_group = torch.arange(tokens, device=x.device) - (torch.cumsum(counts, 0) - counts)[sorted_expert]
+        slot = group_start[sorted_expert] + rank_in_group  # [T] slot of each sorted token
+        # slot -> token (index `tokens` = an all-zero row for empty slots)
+        slot_token = torch.full((num_blocks * block,), tokens, dtype=torch.long, device=x.device)
+        slot_token = slot_token.scatter(0, slot, order)
+        block_expert = torch.searchsorted(torch.cumsum(padded, 0), torch.arange(num_blocks, device=x.device) * block,
+                                          right=True).clamp_max(num_experts - 1)
+        rows = torch.cat([x, x.new_zeros(1, hidden)])[slot_token].view(num_blocks, block, hidden)
+        h = torch.bmm(rows, self.gate_up_proj[block_expert].transpose(1, 2))
+        out = torch.bmm(self._swiglu(h), self.down_proj[block_expert].transpose(1, 2)).view(-1, hidden)
+        token_slot = torch.empty_like(slot).scatter_(0, order, slot)  # inverse map: token -> slot
+        return out[token_slot] * weight[:, None]
+
+    def grouped(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        for e in torch.unique(expert).tolist():
+            idx = torch.nonzero(expert == e)[:, 0]
+            h = self._swiglu(F.linear(x[idx], self.gate_up_proj[e]))
+            out[idx] = F.linear(h, self.down_proj[e]) * weight[idx, None]
+        return out
+
+    def forward(self, x, expert, weight, dispatch: str) -> torch.Tensor:
+        return getattr(self, dispatch)(x, expert, weight)
+
+
+class ZayaMoE(nn.Module):
+    def __init__(self, config: ZayaConfig, use_eda: bool, intermediate: int):
+        super().__init__()
+        self.skip_scaled_input = config.skip_expert_output == "scaled_input"
+        self.router = ZayaRouter(config, use_eda)
+        self.experts = ZayaExperts(config, intermediate)
+
+    def forward(self, u: torch.Tensor, prev_state: torch.Tensor | None, dispatch: str):
+        """u [B, S, H] -> (partial expert output [B, S, H] (sum over ranks), skip term [B, S, H] or None,
+        router state [B, S, R]). The skip term is added once, after the all-reduce."""
+        choice, weight, state = self.router(u, prev_state)
+        skip = choice == self.router.num_experts
+        flat = u.reshape(-1, u.shape[-1])
+        out = self.experts(flat, choice.clamp_max(self.router.num_experts - 1).reshape(-1),
+                           torch.where(skip, torch.zeros_like(weight), weight).reshape(-1), dispatch)
+        skip_term = None
+        if self.skip_scaled_input:
+            skip_term = torch.where(skip, weight, torch.zeros_like(weight))[..., None] * u
+        return out.view_as(u), skip_term, state
