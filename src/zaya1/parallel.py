@@ -107,3 +107,181 @@ class ThreadComm:
 
     def all_gather(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         return torch.cat(self.group.exchange(self.rank, x), dim=dim)
+
+
+# ---------------------------------------------------------------------------------------------- the plan
+def _head_rows(tensor: torch.Tensor, heads: list[int], size: int, dim: int = 0) -> torch.Tensor:
+    index = torch.cat([torch.arange(h * size, (h + 1) * size) for h in heads])
+    return tensor.index_select(dim, index.to(tensor.device))
+
+
+def rank_heads(config: ZayaConfig, tp: int, rank: int) -> tuple[list[int], list[int]]:
+    """(query heads, KV heads) held by ``rank``; KV heads repeat over ranks when tp > nkv."""
+    nq, nkv = config.num_attention_heads, config.num_key_value_heads
+    q = list(range(rank * nq // tp, (rank + 1) * nq // tp))
+    kv = list(range(rank * nkv // tp, (rank + 1) * nkv // tp)) if tp <= nkv else [rank * nkv // tp]
+    return q, kv
+
+
+# canonical key suffix -> partition dim of the Neuron (rank-concatenated) tensor; absent = replicated
+PARTITION_DIMS = {
+    "embed_tokens.weight": 0, "embed_tokens.rank": 0, "lm_head.weight": 0,
+    "q_proj.weight": 0, "k_proj.weight": 0, "v_proj.weight": 0, "value_delayed": 0, "q_group_mean_proj.weight": 0,
+    "conv_qk_depthwise.weight": 0, "conv_qk_depthwise.bias": 0, "conv_qk_grouped.weight": 0,
+    "conv_qk_grouped.bias": 0, "self_attn.temp": 0, "o_proj.weight": 1,
+    "experts.gate_up_proj": 1, "experts.down_proj": 2,
+}
+
+
+def partition_dim(key: str) -> int | None:
+    return next((dim for suffix, dim in PARTITION_DIMS.items() if key.endswith(suffix)), None)
+
+
+def shard_tensor(key: str, tensor: torch.Tensor, config: ZayaConfig, tp: int, rank: int) -> torch.Tensor:
+    """The slice of canonical tensor ``key`` that ``rank`` holds (the tensor itself when replicated)."""
+    d = config.head_dim
+    q_heads, kv_heads = rank_heads(config, tp, rank)
+    if key.endswith(("embed_tokens.weight", "lm_head.weight")):
+        rows = padded_vocab(config, tp) // tp
+        padded = torch.cat([tensor, tensor.new_zeros(rows * tp - tensor.shape[0], tensor.shape[1])])
+        return padded[rank * rows:(rank + 1) * rows]
+    if key.endswith("q_proj.weight") and "group_mean" not in key:
+        return _head_rows(tensor, q_heads, d)
+    if key.endswith(("k_proj.weight", "v_proj.weight", "value_delayed")):
+        return _head_rows(tensor, kv_heads, d)
+    if key.endswith("self_attn.temp"):
+        return tensor[kv_heads]
+    if "conv_qk_" in key:
+        nq = config.num_attention_heads
+        return _head_rows(tensor, q_heads + [nq + j for j in kv_heads], d)
+    if key.endswith("o_proj.weight"):
+        return _head_rows(tensor, q_heads, d, dim=1)
+    if key.endswith("experts.gate_up_proj"):
+        size = tensor.shape[1] // 2 // tp
+        gate, up = tensor.chunk(2, dim=1)
+        return torch.cat([gate[:, rank * size:(rank + 1) * size], up[:, rank * size:(rank + 1) * size]], dim=1)
+    if key.endswith("experts.down_proj"):
+        return tensor.chunk(tp, dim=2)[rank]
+    assert partition_dim(key) is None, f"no shard rule for {key}"
+    return tensor
+
+
+def rank_state_dicts(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int) -> list[dict]:
+    """Cut a canonical state dict (of the tp=1 model) into the state dicts of the ``tp`` rank models,
+    adding what only sharded models have: the rank tensor of the vocab-split embedding and, when a rank
+    holds part of a KV group, the group's mean query projection."""
+    check_tp(config, tp)
+    shards = []
+    for rank in range(tp):
+        shard = {key: shard_tensor(key, tensor, config, tp, rank) for key, tensor in state_dict.items()}
+        if tp > 1:
+            shard["model.embed_tokens.rank"] = torch.tensor([rank], dtype=torch.int32)
+        if not AttentionShard.for_tp(config, tp).whole_groups:
+            nkv, d = config.num_key_value_heads, config.head_dim
+            _, kv_heads = rank_heads(config, tp, rank)
+            for i in range(config.num_hidden_layers):
+                wq = state_dict[f"model.layers.{i}.self_attn.q_proj.weight"]
+                mean = wq.view(nkv, -1, d, wq.shape[-1]).to(torch.float32).mean(dim=1).to(wq.dtype)
+                shard[f"model.layers.{i}.self_attn.q_group_mean_proj.weight"] = mean[kv_heads].reshape(-1, wq.shape[-1])
+        shards.append(shard)
+    return shards
+
+
+def neuron_state_dict(shards: list[dict]) -> dict[str, torch.Tensor]:
+    """Rank state dicts -> one state dict whose sharded tensors are the rank slices concatenated along their
+    partition dim, so that NxD's contiguous split by rank gives back exactly ``shards[rank]``."""
+    out = {}
+    for key, tensor in shards[0].items():
+        dim = partition_dim(key)
+        out[key] = tensor if dim is None or len(shards) == 1 else torch.cat([s[key] for s in shards], dim=dim)
+    return out
+
+
+def split_neuron_state_dict(state_dict: dict[str, torch.Tensor], tp: int, rank: int) -> dict[str, torch.Tensor]:
+    """What NxD's sharding hands ``rank``: contiguous chunks along each partition dim."""
+    return {key: (t if partition_dim(key) is None else t.chunk(tp, dim=partition_dim(key))[rank])
+            for key, t in state_dict.items()}
+
+
+# ---------------------------------------------------------------------------------------------- simulation
+class SimulatedTP:
+    """The per-rank models of the sharding plan run in one process, one thread per rank, joined by thread
+    collectives. Same interface as ZayaForCausalLM: forward, prefill, decode, new_state, generate."""
+
+    def __init__(self, config: ZayaConfig, ranks: list):
+        self.config, self.ranks, self.tp = config, ranks, len(ranks)
+
+    @classmethod
+    def from_model(cls, model, tp: int) -> "SimulatedTP":
+        return cls.from_state_dicts(model.config, rank_state_dicts(model.state_dict(), model.config, tp),
+                                    model.dtype, model.device)
+
+    @classmethod
+    def from_state_dicts(cls, config: ZayaConfig, shards: list[dict], dtype, device) -> "SimulatedTP":
+        from .model import ZayaForCausalLM
+
+        group = _ThreadGroup(len(shards))
+        ranks = []
+        for rank, shard in enumerate(shards):
+            with torch.device("meta"):
+                model = ZayaForCausalLM(config, ThreadComm(group, rank)).to(dtype)
+            model = model.to_empty(device=device)
+            model.load_state_dict(shard, strict=True)
+            ranks.append(model.eval().requires_grad_(False))
+        return cls(config, ranks)
+
+    @property
+    def dtype(self):
+        return self.ranks[0].dtype
+
+    @property
+    def device(self):
+        return self.ranks[0].device
+
+    def _run(self, fn):
+        """fn(rank_model, rank) on every rank concurrently; returns rank 0's result."""
+        results, errors = [None] * self.tp, []
+        group = self.ranks[0].comm.group
+
+        def work(rank: int) -> None:
+            try:
+                with torch.inference_mode():
+                    results[rank] = fn(self.ranks[rank], rank)
+            except BaseException as exc:  # a failing rank must not leave the others waiting forever
+                errors.append(exc)
+                group.barrier.abort()
+
+        threads = [threading.Thread(target=work, args=(rank,)) for rank in range(self.tp)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            group.barrier.reset()
+            raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
+        return results[0]
+
+    def __call__(self, *args, **kwargs):
+        return self._run(lambda model, rank: model(*args, **kwargs))
+
+    def new_state(self, max_batch: int, max_seq: int):
+        return RankStates([model.new_state(max_batch, max_seq) for model in self.ranks])
+
+    def prefill(self, input_ids, lengths, seq_ids, state):
+        return self._run(lambda model, rank: model.prefill(input_ids, lengths, seq_ids, state[rank]))
+
+    def decode(self, input_ids, positions, seq_ids, state, kv_len=None):
+        return self._run(lambda model, rank: model.decode(input_ids, positions, seq_ids, state[rank], kv_len))
+
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        from .generation import generate
+
+        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+
+
+class RankStates(list):
+    """Per-rank ZayaState objects of a SimulatedTP model."""
+
+    @property
+    def max_seq(self) -> int:
+        return self[0].max_seq
