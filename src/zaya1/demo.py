@@ -25,7 +25,7 @@ def init_random_(model: ZayaForCausalLM, seed: int = 0) -> ZayaForCausalLM:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("value_delayed"):
+            if name.endswith(("value_delayed", "balancing_biases")):
                 continue
             if name.endswith(("scale", "norm.weight", "layernorm.weight", "temp")) or ".norm." in name:
                 values = 1.0 + 0.2 * torch.rand(p.shape, generator=gen) - 0.1

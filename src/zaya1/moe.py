@@ -56,12 +56,12 @@ class ZayaRouter(nn.Module):
         self.fc1 = nn.Linear(r, r, bias=True)
         self.fc2 = nn.Linear(r, r, bias=True)
         self.out_proj = nn.Linear(r, config.num_router_classes, bias=False)
-        # fp32 in every model dtype (the choice is made in fp32)
-        self.register_buffer("balancing_biases", torch.zeros(config.num_router_classes, dtype=torch.float32))
+        # a weight (not a buffer, which tracing would freeze), kept fp32 in every model dtype
+        self.balancing_biases = nn.Parameter(torch.zeros(config.num_router_classes), requires_grad=False)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        self.balancing_biases = self.balancing_biases.to(torch.float32)  # stays fp32 under model.to(dtype)
+        self.balancing_biases.data = self.balancing_biases.data.to(torch.float32)  # survives model.to(dtype)
         return self
 
     def forward(self, u: torch.Tensor, prev_state: torch.Tensor | None):

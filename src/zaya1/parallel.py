@@ -100,10 +100,10 @@ class ThreadComm:
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         parts = self.group.exchange(self.rank, x)
-        out = parts[0]
+        out = parts[0].to(torch.float32)  # accumulate in fp32, as NxD's row-parallel reduce does
         for part in parts[1:]:
             out = out + part
-        return out
+        return out.to(x.dtype)
 
     def all_gather(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         return torch.cat(self.group.exchange(self.rank, x), dim=dim)
@@ -166,34 +166,42 @@ def shard_tensor(key: str, tensor: torch.Tensor, config: ZayaConfig, tp: int, ra
     return tensor
 
 
+def rank_extras(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int, rank: int) -> dict:
+    """Tensors only sharded models have: the rank of the vocab-split embedding and, when a rank holds part
+    of a KV group, the group's mean query projection."""
+    extras = {}
+    if tp > 1:
+        extras["model.embed_tokens.rank"] = torch.tensor([rank], dtype=torch.int32)
+    if not AttentionShard.for_tp(config, tp).whole_groups:
+        nkv, d = config.num_key_value_heads, config.head_dim
+        _, kv_heads = rank_heads(config, tp, rank)
+        for i in range(config.num_hidden_layers):
+            wq = state_dict[f"model.layers.{i}.self_attn.q_proj.weight"]
+            mean = wq.view(nkv, -1, d, wq.shape[-1]).to(torch.float32).mean(dim=1).to(wq.dtype)
+            extras[f"model.layers.{i}.self_attn.q_group_mean_proj.weight"] = mean[kv_heads].reshape(-1, wq.shape[-1])
+    return extras
+
+
 def rank_state_dicts(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int) -> list[dict]:
-    """Cut a canonical state dict (of the tp=1 model) into the state dicts of the ``tp`` rank models,
-    adding what only sharded models have: the rank tensor of the vocab-split embedding and, when a rank
-    holds part of a KV group, the group's mean query projection."""
+    """Cut a canonical state dict (of the tp=1 model) into the state dicts of the ``tp`` rank models."""
     check_tp(config, tp)
-    shards = []
-    for rank in range(tp):
-        shard = {key: shard_tensor(key, tensor, config, tp, rank) for key, tensor in state_dict.items()}
-        if tp > 1:
-            shard["model.embed_tokens.rank"] = torch.tensor([rank], dtype=torch.int32)
-        if not AttentionShard.for_tp(config, tp).whole_groups:
-            nkv, d = config.num_key_value_heads, config.head_dim
-            _, kv_heads = rank_heads(config, tp, rank)
-            for i in range(config.num_hidden_layers):
-                wq = state_dict[f"model.layers.{i}.self_attn.q_proj.weight"]
-                mean = wq.view(nkv, -1, d, wq.shape[-1]).to(torch.float32).mean(dim=1).to(wq.dtype)
-                shard[f"model.layers.{i}.self_attn.q_group_mean_proj.weight"] = mean[kv_heads].reshape(-1, wq.shape[-1])
-        shards.append(shard)
-    return shards
+    return [{key: shard_tensor(key, tensor, config, tp, rank) for key, tensor in state_dict.items()}
+            | rank_extras(state_dict, config, tp, rank) for rank in range(tp)]
 
 
-def neuron_state_dict(shards: list[dict]) -> dict[str, torch.Tensor]:
-    """Rank state dicts -> one state dict whose sharded tensors are the rank slices concatenated along their
-    partition dim, so that NxD's contiguous split by rank gives back exactly ``shards[rank]``."""
+def neuron_state_dict(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int) -> dict[str, torch.Tensor]:
+    """One state dict whose sharded tensors are the rank slices concatenated along their partition dim, so
+    that NxD's contiguous split by rank gives each rank exactly ``rank_state_dicts(...)[rank]``. Built key
+    by key, so peak memory stays near two copies of the model."""
+    check_tp(config, tp)
     out = {}
-    for key, tensor in shards[0].items():
+    for key, tensor in state_dict.items():
         dim = partition_dim(key)
-        out[key] = tensor if dim is None or len(shards) == 1 else torch.cat([s[key] for s in shards], dim=dim)
+        out[key] = tensor if dim is None or tp == 1 else torch.cat(
+            [shard_tensor(key, tensor, config, tp, rank) for rank in range(tp)], dim=dim)
+    extras = [rank_extras(state_dict, config, tp, rank) for rank in range(tp)]
+    for key in extras[0]:
+        out[key] = torch.cat([e[key] for e in extras], dim=partition_dim(key))
     return out
 
 
