@@ -6,3 +6,18 @@ from .errors import (ArtifactError, CheckpointError, CheckpointNotFoundError, Co
 from .model import ZayaForCausalLM, ZayaState
 
 __version__ = "0.1.0"
+
+_NEURON_NAMES = ("NeuronZayaForCausalLM", "ZayaInferenceConfig", "ZayaNeuronConfig")
+
+
+def __getattr__(name):
+    # the Neuron backend is imported on first use only (it imports the Neuron SDK when present)
+    if name in _NEURON_NAMES:
+        from . import neuron
+
+        return getattr(neuron, name)
+    raise AttributeError(f"module 'zaya1' has no attribute {name!r}")
+
+
+__all__ = ["ZayaConfig", "ZayaForCausalLM", "ZayaState", "ZayaError", "ConfigError", "CheckpointError",
+           "CheckpointNotFoundError", "InputError", "ArtifactError", "NeuronUnavailableError", *_NEURON_NAMES]

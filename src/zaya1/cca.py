@@ -22,7 +22,6 @@ rank-dependent Python branch, so one traced graph serves every rank.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import SLIDING, ZayaConfig
