@@ -123,6 +123,13 @@ class ZayaModel(nn.Module):
         return {kind: rope_cos_sin(positions, thetas[kind], cfg.rotary_dim, self.dtype)
                 for kind in sorted(set(cfg.layer_types))}
 
+    def zero_states(self, batch: int, device=None) -> list:
+        """(conv_state [B, C, K-1], value_state [B, Cv]) per layer for sequences that start now."""
+        cfg, shard, ref = self.config, self.shard, self.embed_tokens.weight
+        conv = ref.new_zeros(batch, (shard.q_heads + shard.kv_heads) * cfg.head_dim, cfg.conv_state_len, device=device)
+        value = ref.new_zeros(batch, shard.kv_heads * cfg.head_dim, device=device)
+        return [(conv, value)] * cfg.num_hidden_layers
+
     def forward(self, input_ids, positions, token_mask, lengths, states, past=None, dispatch="blockwise"):
         """input_ids/positions [B, S], token_mask [B, S] bool, lengths [B] (index after the last real token),
         states: per layer (conv_state, value_state) before the chunk; past: per layer (k, v, k_pos, k_valid)
@@ -138,6 +145,30 @@ class ZayaModel(nn.Module):
             conv, value_prev = gather_state(packed, v_all, lengths, self.config.conv_state_len)
             steps.append(LayerStep(k, v, conv, value_prev))
         return self.norm(residual.to(self.dtype)), steps
+
+    # The two step functions every backend traces. They return new K/V and state; where it is stored is the
+    # caller's business (ZayaState on CPU/GPU, NxDI's KV cache manager and aliased buffers on Neuron).
+    def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, dispatch: str = "blockwise"):
+        """Context encoding of right-padded input_ids [B, S] with lengths [B] real tokens, from empty state.
+        Returns the hidden state of each sequence's last real token [B, H] and the LayerSteps (K/V for all
+        S positions, state after the last real token)."""
+        batch, seq = input_ids.shape
+        positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
+        hidden, steps = self(input_ids, positions, positions < lengths[:, None], lengths,
+                             self.zero_states(batch, input_ids.device), dispatch=dispatch)
+        last = (lengths - 1).clamp_min(0).to(torch.long)
+        return hidden[torch.arange(batch, device=hidden.device), last], steps
+
+    def decode(self, input_ids: torch.Tensor, positions: torch.Tensor, past_kv: list, states: list):
+        """Token generation: input_ids [B, 1] at positions [B]; past_kv per layer (k, v) [B, nkv, T, d] valid
+        below each position; states per layer (conv, value) of the same rows. Returns hidden [B, H], steps."""
+        batch, kv_len = input_ids.shape[0], past_kv[0][0].shape[2]
+        k_pos = torch.arange(kv_len, device=input_ids.device).expand(batch, kv_len)
+        k_valid = k_pos < positions[:, None]
+        ones = torch.ones(batch, dtype=torch.long, device=input_ids.device)
+        hidden, steps = self(input_ids, positions[:, None], torch.ones_like(input_ids, dtype=torch.bool), ones,
+                             states, [(k, v, k_pos, k_valid) for k, v in past_kv], dispatch="gather")
+        return hidden[:, 0], steps
 
 
 class ZayaState(nn.Module):
@@ -209,13 +240,6 @@ class ZayaForCausalLM(nn.Module):
         logits = self.comm.all_gather(F.linear(hidden, weight), dim=-1)
         return logits[..., :self.config.vocab_size].to(torch.float32)
 
-    def _zero_states(self, batch: int, device) -> list:
-        shard, cfg = self.model.shard, self.config
-        conv = torch.zeros(batch, (shard.q_heads + shard.kv_heads) * cfg.head_dim, cfg.conv_state_len,
-                           dtype=self.dtype, device=device)
-        value = torch.zeros(batch, shard.kv_heads * cfg.head_dim, dtype=self.dtype, device=device)
-        return [(conv, value)] * cfg.num_hidden_layers
-
     def new_state(self, max_batch: int, max_seq: int) -> ZayaState:
         return ZayaState(self.model, max_batch, max_seq).to(self.device)
 
@@ -235,7 +259,7 @@ class ZayaForCausalLM(nn.Module):
             position_ids = torch.arange(seq, device=input_ids.device).expand(batch, seq)
         lengths = torch.full((batch,), seq, device=input_ids.device)
         hidden, _ = self.model(input_ids, position_ids, token_mask, lengths,
-                               self._zero_states(batch, input_ids.device), dispatch=self._dispatch())
+                               self.model.zero_states(batch, input_ids.device), dispatch=self._dispatch())
         return ZayaOutput(self.logits(hidden))
 
     def _dispatch(self) -> str:
@@ -248,42 +272,33 @@ class ZayaForCausalLM(nn.Module):
         """Context encoding. input_ids [B, S] right-padded, lengths [B] real tokens, seq_ids [B] cache rows.
         Writes K/V for positions 0..S-1 and each sequence's state after its last real token; returns the
         logits of that token [B, V]."""
-        batch, seq = input_ids.shape
-        positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
-        token_mask = positions < lengths[:, None]
-        hidden, steps = self.model(input_ids, positions, token_mask, lengths,
-                                   self._zero_states(batch, input_ids.device), dispatch=self._dispatch())
+        seq = input_ids.shape[1]
+        hidden, steps = self.model.prefill(input_ids, lengths, dispatch=self._dispatch())
         for i, step in enumerate(steps):
             state.keys[i, seq_ids, :, :seq] = step.key
             state.values[i, seq_ids, :, :seq] = step.value
             state.conv[i, seq_ids] = step.conv
             state.value_prev[i, seq_ids] = step.value_prev
-        last = (lengths - 1).clamp_min(0).to(torch.long)
-        return self.logits(hidden[torch.arange(batch, device=hidden.device), last])
+        return self.logits(hidden)
 
     def decode(self, input_ids: torch.Tensor, positions: torch.Tensor, seq_ids: torch.Tensor,
                state: ZayaState, kv_len: int | None = None) -> torch.Tensor:
         """Token generation. input_ids [B, 1] at positions [B] into cache rows seq_ids [B]. Attends to the
-        first ``kv_len`` cache positions (a static bucket >= max(positions); default max_seq) and returns
+        first ``kv_len`` cache positions (a static bucket > max(positions); default max_seq) and returns
         logits [B, V]."""
-        batch = input_ids.shape[0]
         kv_len = kv_len or state.max_seq
-        device = input_ids.device
-        k_pos = torch.arange(kv_len, device=device).expand(batch, kv_len)
-        k_valid = k_pos < positions[:, None]
-        past = [(state.keys[i, seq_ids, :, :kv_len], state.values[i, seq_ids, :, :kv_len], k_pos, k_valid)
-                for i in range(self.config.num_hidden_layers)]
-        states = [(state.conv[i, seq_ids], state.value_prev[i, seq_ids]) for i in range(self.config.num_hidden_layers)]
-        ones = torch.ones(batch, device=device, dtype=torch.long)
-        hidden, steps = self.model(input_ids, positions[:, None], torch.ones_like(input_ids, dtype=torch.bool),
-                                   ones, states, past, dispatch="gather")
-        rows, heads = seq_ids[:, None], torch.arange(self.model.shard.kv_heads, device=device)[None, :]
+        layers = range(self.config.num_hidden_layers)
+        past_kv = [(state.keys[i, seq_ids, :, :kv_len], state.values[i, seq_ids, :, :kv_len]) for i in layers]
+        hidden, steps = self.model.decode(input_ids, positions, past_kv,
+                                          [(state.conv[i, seq_ids], state.value_prev[i, seq_ids]) for i in layers])
+        rows = seq_ids[:, None]
+        heads = torch.arange(self.model.shard.kv_heads, device=input_ids.device)[None, :]
         for i, step in enumerate(steps):
             state.keys[i, rows, heads, positions[:, None]] = step.key[:, :, 0]
             state.values[i, rows, heads, positions[:, None]] = step.value[:, :, 0]
             state.conv[i, seq_ids] = step.conv
             state.value_prev[i, seq_ids] = step.value_prev
-        return self.logits(hidden[:, 0])
+        return self.logits(hidden)
 
     # ------------------------------------------------------------------ generation
     def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:

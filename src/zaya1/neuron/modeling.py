@@ -195,32 +195,18 @@ class NeuronZayaModel(NeuronBaseModel):
 
     def get_model_output(self, input_ids=None, seq_ids=None, attention_mask=None, position_ids=None,
                          is_for_context_encoding=False, update_cache=True, **kwargs):
-        batch, seq = input_ids.shape
         layers = range(len(self.cca_conv_state))
-        device = input_ids.device
-        if is_for_context_encoding:
-            token_mask = self._attention_mask_2d[:, :seq].to(torch.bool)  # right padding
-            lengths = token_mask.sum(dim=-1)
-            positions = torch.arange(seq, device=device).expand(batch, seq)
-            states = [(torch.zeros_like(self.cca_conv_state[i][:batch]), torch.zeros_like(self.cca_value_state[i][:batch]))
-                      for i in layers]
-            hidden, steps = self.model(input_ids, positions, token_mask, lengths, states, None, "blockwise")
-            # NxDI picks the last token by argmax(position_ids), wrong for 1-token prompts: pick it here
-            last = (lengths - 1).clamp_min(0).to(torch.long)
-            hidden = hidden[torch.arange(batch, device=device), last][:, None]
-            self.sliced_hidden = True
+        if is_for_context_encoding:  # right-padded bucket, fresh sequences
+            lengths = self._attention_mask_2d[:, :input_ids.shape[1]].sum(dim=-1)
+            hidden, steps = self.model.prefill(input_ids, lengths, dispatch="blockwise")
         else:
             past_kv = self.kv_mgr.get_cache(seq_ids=seq_ids, seq_len=self.n_positions,
                                             is_for_context_encoding=False, **kwargs)
-            positions = position_ids.to(torch.long)  # [B, 1]
-            k_pos = torch.arange(self.n_positions, device=device).expand(batch, self.n_positions)
-            k_valid = k_pos < positions
-            past = [(k, v, k_pos, k_valid) for k, v in past_kv]
             states = [(self.cca_conv_state[i].index_select(0, seq_ids), self.cca_value_state[i].index_select(0, seq_ids))
                       for i in layers]
-            hidden, steps = self.model(input_ids, positions, torch.ones_like(input_ids, dtype=torch.bool),
-                                       torch.ones(batch, dtype=torch.long, device=device), states, past, "gather")
-            self.sliced_hidden = False
+            hidden, steps = self.model.decode(input_ids, position_ids[:, 0].to(torch.long), past_kv, states)
+        # the last token is already picked (NxDI's argmax(position_ids) is wrong for 1-token prompts)
+        self.sliced_hidden = True
         new_kv = self.kv_mgr.update_cache(is_for_context_encoding=is_for_context_encoding, seq_ids=seq_ids,
                                           position_ids=position_ids, new_key_values=[[s.key, s.value] for s in steps],
                                           seq_len=self.n_positions, **kwargs)
@@ -229,7 +215,7 @@ class NeuronZayaModel(NeuronBaseModel):
             [self.cca_conv_state[i].index_copy(0, rows, steps[i].conv.to(self.cca_conv_state[i].dtype)) for i in layers]
             + [self.cca_value_state[i].index_copy(0, rows, steps[i].value_prev.to(self.cca_value_state[i].dtype))
                for i in layers])
-        return hidden, new_kv
+        return hidden[:, None], new_kv
 
 
 class ZayaDecoderModelInstance(DecoderModelInstance):
