@@ -293,3 +293,32 @@ class RankStates(list):
     @property
     def max_seq(self) -> int:
         return self[0].max_seq
+
+
+def describe_plan(config: ZayaConfig, tp: int, batch_size: int, seq_len: int, dtype: torch.dtype) -> list[str]:
+    """Human-readable sharding plan: per-rank heads, shapes and bytes (weights, KV cache, CCA state)."""
+    from .model import ZayaForCausalLM
+
+    check_tp(config, tp)
+    with torch.device("meta"):
+        rank_model = ZayaForCausalLM(config, ThreadComm(_ThreadGroup(tp), 0)).to(dtype)
+    item = torch.empty((), dtype=dtype).element_size()
+    weights = sum(p.numel() * p.element_size() for p in rank_model.parameters())
+    shard, d, layers = rank_model.model.shard, config.head_dim, config.num_hidden_layers
+    kv = 2 * layers * batch_size * shard.kv_heads * seq_len * d * item
+    state = layers * batch_size * ((shard.q_heads + shard.kv_heads) * d * config.conv_state_len + shard.kv_heads * d) * item
+    attn = rank_model.model.layers[0].self_attn
+    experts = rank_model.model.layers[0].mlp.experts
+    q_heads, kv_heads = rank_heads(config, tp, 0)
+    gib = 1024 ** 3
+    return [
+        f"tensor parallel degree {tp}: rank 0 holds query heads {q_heads}, KV heads {kv_heads}"
+        + (" (KV heads replicated across ranks)" if tp > config.num_key_value_heads else ""),
+        f"per rank: q_proj {list(attn.q_proj.weight.shape)}, k_proj {list(attn.k_proj.weight.shape)}, "
+        f"v_proj {list(attn.v_proj.weight.shape)}, conv channels {attn.conv_qk_depthwise.channels}, "
+        f"o_proj {list(attn.o_proj.weight.shape)}",
+        f"per rank: experts gate_up {list(experts.gate_up_proj.shape)}, down {list(experts.down_proj.shape)}; "
+        f"router replicated; vocab rows {rank_model.model.embed_tokens.weight.shape[0]}",
+        f"per rank bytes: weights {weights / gib:.2f} GiB, KV cache {kv / gib:.3f} GiB "
+        f"(batch {batch_size} x {seq_len} tokens), CCA state {state / 1024 ** 2:.2f} MiB",
+    ]
