@@ -146,6 +146,22 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     return torch.cat([input_ids.to(device), torch.stack(new_tokens, dim=1)], dim=1)
 
 
+@torch.inference_mode()
+def teacher_forced_logits(model, prompts: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
+    """Logits after the prompts [B, S] (no padding) and after each continuation token [B, n], through the
+    model's prefill and decode steps: [B, n + 1, V]. Compares backends position by position."""
+    batch, seq = prompts.shape
+    total = seq + continuation.shape[1] + 1
+    state = model.new_state(batch, bucket(total, 64, max(total, model.config.max_position_embeddings)))
+    seq_ids = torch.arange(batch)
+    logits = [model.prefill(prompts, torch.full((batch,), seq), seq_ids, state)]
+    for k in range(continuation.shape[1]):
+        positions = torch.full((batch,), seq + k)
+        logits.append(model.decode(continuation[:, k:k + 1], positions, seq_ids, state,
+                                   kv_len=bucket(seq + k + 1, 64, state.max_seq)))
+    return torch.stack(logits, dim=1)
+
+
 # ---------------------------------------------------------------------------------------------- tokenizer
 class Tokenizer:
     """The checkpoint's tokenizer: transformers' AutoTokenizer when installed (chat templates), otherwise the

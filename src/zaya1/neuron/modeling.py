@@ -284,6 +284,32 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
         check_compiled_for(compiled_model_path, self)
         return super().load(compiled_model_path, *args, **kwargs)
 
+    # The step-function interface of zaya1.generation (host-side sampling; needs logits on the host, i.e.
+    # compiled without on-device sampling or with output_logits). The state lives on the device.
+    def new_state(self, max_batch: int, max_seq: int) -> "_DeviceState":
+        from ..artifacts import check_request
+
+        check_request(self.neuron_config, max_batch, [0], max_seq)
+        self.reset()
+        return _DeviceState(self.neuron_config.seq_len)
+
+    def prefill(self, input_ids, lengths, seq_ids, state=None) -> torch.Tensor:
+        seq = input_ids.shape[1]
+        positions = torch.arange(seq).expand(input_ids.shape[0], seq)
+        mask = (positions < lengths[:, None]).to(torch.int32)
+        return self._host_logits(self(input_ids=input_ids, attention_mask=mask, position_ids=positions, seq_ids=seq_ids))
+
+    def decode(self, input_ids, positions, seq_ids, state=None, kv_len=None) -> torch.Tensor:
+        mask = (torch.arange(int(positions.max()) + 1)[None] <= positions[:, None]).to(torch.int32)
+        return self._host_logits(self(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, None],
+                                      seq_ids=seq_ids))
+
+    def _host_logits(self, output) -> torch.Tensor:
+        if output.logits is None:
+            raise ConfigError("this model was compiled with on-device sampling and returns no logits; recompile "
+                              "without --on-device-sampling (or with output_logits) to compare logits.")
+        return output.logits[:, -1, :self.config.vocab_size].to(torch.float32)
+
     def generate(self, input_ids, attention_mask=None, max_new_tokens=32, do_sample=False, temperature=1.0,
                  top_k=0, top_p=1.0, eos_token_id=None, pad_token_id=None, seed=None, streamer=None):
         """transformers-style generate through NxDI's HuggingFaceGenerationAdapter (right-padded prompts,
@@ -311,6 +337,13 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
             ids, attention_mask=mask, generation_config=config,
             streamer=_CallbackStreamer(streamer) if streamer else None)
         return torch.cat([input_ids, out[:, width:]], dim=1)
+
+
+class _DeviceState:
+    """Host handle of the state that lives on the NeuronCores (KV cache and aliased CCA buffers)."""
+
+    def __init__(self, max_seq: int):
+        self.max_seq = max_seq
 
 
 class _CallbackStreamer:

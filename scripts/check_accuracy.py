@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Compare compiled Neuron logits with the CPU reference, position by position.
+
+The CPU reference (zaya1.ZayaForCausalLM, float32 by default) greedily generates --num-tokens tokens; both
+backends are then teacher-forced on prompt + those tokens, and for every position the script prints
+max |dlogit| and whether the top-1 tokens agree. With --nxdi-check it also runs NxDI's
+check_accuracy_logits_v2 (torch_neuronx logit validation, NxDI default tolerances) on the same golden.
+
+    python scripts/check_accuracy.py --model-path /ckpt/ZAYA1-8B --compiled-model-path /tmp/zaya1-tp4 \
+        --prompt "The capital of France is" --num-tokens 64
+
+The Neuron model must have been compiled without --on-device-sampling (logits on the host).
+Exit status 1 if top-1 agreement is below --min-top1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from zaya1 import ZayaForCausalLM
+from zaya1.generation import Tokenizer, teacher_forced_logits
+
+
+def compare(expected: torch.Tensor, actual: torch.Tensor) -> list[dict]:
+    """expected/actual [B, N, V] -> one record per position with max |dlogit| and top-1 agreement."""
+    diff = (expected - actual).abs().amax(dim=-1)  # [B, N]
+    agree = expected.argmax(-1) == actual.argmax(-1)
+    return [{"position": n, "max_abs_dlogit": float(diff[:, n].max()), "top1_agree": float(agree[:, n].float().mean())}
+            for n in range(expected.shape[1])]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--compiled-model-path", required=True)
+    p.add_argument("--prompt", action="append", help="prompt text (repeat; prompts must tokenize to equal length)")
+    p.add_argument("--num-tokens", type=int, default=64)
+    p.add_argument("--reference-dtype", default="float32")
+    p.add_argument("--min-top1", type=float, default=0.95, help="fail below this mean top-1 agreement")
+    p.add_argument("--json", help="write the per-position records here")
+    p.add_argument("--nxdi-check", action="store_true", help="also run NxDI's check_accuracy_logits_v2")
+    args = p.parse_args(argv)
+
+    from zaya1.neuron import NeuronZayaForCausalLM
+
+    tokenizer = Tokenizer.from_pretrained(args.model_path)
+    rows = [tokenizer.encode(text) for text in (args.prompt or ["The capital of France is"])]
+    if len({len(r) for r in rows}) != 1:
+        p.error("prompts must tokenize to the same length (compare one prompt per run otherwise)")
+    prompts = torch.tensor(rows)
+
+    reference = ZayaForCausalLM.from_pretrained(args.model_path, dtype=args.reference_dtype)
+    tokens = reference.generate(prompts, max_new_tokens=args.num_tokens, eos_token_id=[])[:, prompts.shape[1]:]
+    expected = teacher_forced_logits(reference, prompts, tokens[:, :-1])  # [B, N, V]
+    del reference
+
+    neuron = NeuronZayaForCausalLM.from_compiled(args.compiled_model_path, model_path=args.model_path)
+    actual = teacher_forced_logits(neuron, prompts, tokens[:, :-1])
+    records = compare(expected, actual)
+    for r in records:
+        print(f"position {r['position']:4d}  max|dlogit| {r['max_abs_dlogit']:.4f}  top-1 agree {r['top1_agree']:.2f}")
+    top1 = sum(r["top1_agree"] for r in records) / len(records)
+    worst = max(r["max_abs_dlogit"] for r in records)
+    print(f"overall: max|dlogit| {worst:.4f}, mean top-1 agreement {top1:.3f} over {len(records)} positions")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"positions": records, "max_abs_dlogit": worst, "top1_agreement": top1}, f, indent=1)
+
+    if args.nxdi_check:
+        from neuronx_distributed_inference.utils.accuracy import check_accuracy_logits_v2
+        from transformers import GenerationConfig
+
+        config = GenerationConfig(do_sample=False, max_new_tokens=args.num_tokens,
+                                  pad_token_id=neuron.config.pad_token_id)
+        check_accuracy_logits_v2(neuron, expected.transpose(0, 1), prompts, torch.ones_like(prompts), config,
+                                 num_tokens_to_check=args.num_tokens)
+        print("NxDI check_accuracy_logits_v2: passed")
+    return 0 if top1 >= args.min_top1 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
