@@ -30,7 +30,8 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
         return dtype
     if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
         return DTYPES[dtype.lower().removeprefix("torch.")]
-    raise CheckpointError(f"unsupported dtype {dtype!r}: use one of float32, bfloat16, float16.")
+    raise CheckpointError(f"dtype={dtype!r} is not supported: pass dtype=torch.float32, torch.bfloat16 or "
+                          f"torch.float16 (or the strings 'float32', 'bfloat16', 'float16').")
 
 
 # ---------------------------------------------------------------------------------------------- key tables
@@ -152,9 +153,16 @@ def checkpoint_files(path: Path) -> dict[str, Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                raise TypeError("'weight_map' must map tensor names to file names")
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{index} is not a valid safetensors index ({exc!r}); it needs a "
                                   f"'weight_map' object. Restore it from the original checkpoint.") from None
+        outside = sorted({f for f in weight_map.values()
+                          if Path(f).is_absolute() or ".." in Path(f).parts or not f.endswith(".safetensors")})
+        if outside:
+            raise CheckpointError(f"{index} names file(s) {outside} that are not *.safetensors files inside {path}; "
+                                  f"an index may only name shards in its own directory. Restore the original index.")
         missing = sorted({f for f in weight_map.values() if not (path / f).is_file()})
         if missing:
             raise CheckpointNotFoundError(f"{index} names shard(s) that do not exist in {path}: {missing}. "
@@ -227,7 +235,12 @@ def load_into(model: torch.nn.Module, cfg: ZayaConfig, path: str | Path, check_f
                 for key in keys:
                     target, index = table[key]
                     dest = params[target].data if index is None else params[target].data[index]
-                    dtype = f.get_slice(key).get_dtype()
+                    try:
+                        dtype = f.get_slice(key).get_dtype()
+                    except (SafetensorError, OSError) as exc:
+                        raise CheckpointError(f"{path / 'model.safetensors.index.json'} maps tensor {key!r} to "
+                                              f"{file.name}, but that file does not hold it ({exc}). Restore the "
+                                              f"original index and shards.") from None
                     if dtype not in _FLOAT_STORAGE:
                         raise CheckpointError(f"{file}: tensor {key!r} is stored as {dtype}; only float32, "
                                               f"bfloat16, float16 and float64 weights are supported.")
@@ -257,6 +270,9 @@ def load_model(cls, path, dtype=torch.float32, device="cpu", tp_degree: int = 1,
     if not path.exists():
         raise CheckpointNotFoundError(f"checkpoint directory {path} does not exist. Pass the directory holding "
                                       f"config.json and the *.safetensors files.")
+    if not path.is_dir():
+        raise CheckpointNotFoundError(f"{path} is a file, not a checkpoint directory. Pass the directory that holds "
+                                      f"config.json and the *.safetensors files (here probably {path.parent}).")
     dtype = resolve_dtype(dtype)
     cfg = ZayaConfig.from_pretrained(path, **config_overrides)
     with torch.device("meta"):

@@ -116,6 +116,13 @@ class ZayaConfig:
         need(self.skip_expert_output in SKIP_OUTPUTS,
              f"skip_expert_output={self.skip_expert_output!r}", f"Use one of {SKIP_OUTPUTS}.")
         need(self.layout in LAYOUTS, f"layout={self.layout!r}", f"Use one of {LAYOUTS}.")
+        for name in ("pad_token_id", "bos_token_id"):
+            value = getattr(self, name)
+            need(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0),
+                 f"{name}={value!r} must be a token id (an integer >= 0) or null", "Fix config.json.")
+        need(all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in self.eos_token_id),
+             f"eos_token_id={self.eos_token_id!r} must be a token id or a list of token ids (integers >= 0)",
+             "Fix config.json.")
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
@@ -157,7 +164,15 @@ class ZayaConfig:
         if unknown:
             raise ConfigError(f"unknown config override(s) {unknown}; valid fields: {sorted(_FIELD_NAMES)}")
         fields.update(overrides)
-        return cls(**fields)
+        try:
+            return cls(**fields)
+        except ConfigError as exc:
+            if fields.get("layout") != "original":
+                raise
+            names = [f"{k} is {v}" for k, v in _ORIGINAL_NAMES.items() if f"{k}=" in str(exc)]
+            if not names:
+                raise
+            raise ConfigError(f"{exc} (original layout: {'; '.join(names)})") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -167,6 +182,14 @@ class ZayaConfig:
 
 
 _FIELD_NAMES = {f.name for f in dataclasses.fields(ZayaConfig)}
+# where a canonical field comes from in an original-layout config.json (for error messages)
+_ORIGINAL_NAMES = {
+    "num_hidden_layers": "len(zaya_layers) / 2", "num_attention_heads": "cca_num_q_heads",
+    "num_key_value_heads": "num_query_groups_list", "head_dim": "head_dim / kv_channels",
+    "num_experts": "the zaya_layers expert count", "moe_intermediate_size": "ffn_hidden_size_list / 2",
+    "router_hidden_size": "zaya_mlp_expansion", "rms_norm_eps": "norm_epsilon", "sliding_window": "swa_layers + 1",
+    "rope_theta_sliding": "swa_rotary_base",
+}
 
 
 def _require(raw: dict, *names: str) -> None:
@@ -181,6 +204,34 @@ def _int(raw: dict, name: str, default: Any = None) -> Any:
                               or value != int(value)):
         raise ConfigError(f"{name}={value!r} must be an integer.")
     return None if value is None else int(value)
+
+
+def _float(raw: dict, name: str, default: Any = None) -> Any:
+    value = raw.get(name, default)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"{name}={value!r} must be a number.")
+    return None if value is None else float(value)
+
+
+def _dict(raw: dict, name: str) -> dict:
+    value = raw.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a JSON object, got {value!r}.")
+    return value
+
+
+def _head_dim(raw: dict, hidden: int, num_heads: Any, *names: str) -> int:
+    """head_dim from the first of ``names`` that is set, else hidden_size / num_attention_heads."""
+    for name in names:
+        if raw.get(name) is not None:
+            return _int(raw, name)
+    if not isinstance(num_heads, int) or num_heads <= 0:
+        raise ConfigError(f"num_attention_heads={raw.get('num_attention_heads')!r} must be a positive integer "
+                          f"(head_dim is hidden_size / num_attention_heads when {' / '.join(names)} is absent). "
+                          f"Fix config.json.")
+    return hidden // num_heads
 
 
 def _common(raw: dict) -> dict:
@@ -220,20 +271,20 @@ def _fields_from_hf(raw: dict) -> dict:
     unknown = sorted({str(t) for t in types if t not in type_map})
     if unknown:
         raise ConfigError(f"unknown layer type(s) {unknown} in layer_types; supported: {sorted(type_map)}.")
-    rope = raw.get("rope_parameters") or {}
-    full = rope.get("hybrid") or {}
-    sliding = rope.get("hybrid_sliding") or {}
+    rope = _dict(raw, "rope_parameters")
+    full = _dict(rope, "hybrid")
+    sliding = _dict(rope, "hybrid_sliding")
     for params in (full, sliding):
         if params.get("rope_type", "default") != "default":
             raise ConfigError(f"rope_type={params['rope_type']!r} is not supported; ZAYA1 uses 'default'.")
-    eps = float(raw.get("rms_norm_eps", 1e-5))
+    eps = _float(raw, "rms_norm_eps", 1e-5)
     num_heads = _int(raw, "num_attention_heads")
     return dict(
         _common(raw),
         num_hidden_layers=layers,
         num_attention_heads=num_heads,
         num_key_value_heads=_int(raw, "num_key_value_heads"),
-        head_dim=_int(raw, "head_dim") or _int(raw, "hidden_size") // num_heads,
+        head_dim=_head_dim(raw, _int(raw, "hidden_size"), num_heads, "head_dim"),
         num_experts=_int(raw, "num_experts"),
         moe_intermediate_size=_int(raw, "moe_intermediate_size"),
         router_hidden_size=_int(raw, "router_hidden_size", 256),
@@ -242,9 +293,9 @@ def _fields_from_hf(raw: dict) -> dict:
         skip_expert_output="zero",
         layer_types=[type_map[t] for t in types],
         sliding_window=_int(raw, "sliding_window"),
-        rope_theta=float(full.get("rope_theta", raw.get("rope_theta", 5_000_000.0))),
-        rope_theta_sliding=float(sliding.get("rope_theta", 10_000.0)),
-        partial_rotary_factor=float(full.get("partial_rotary_factor", 0.5)),
+        rope_theta=_float(full, "rope_theta", _float(raw, "rope_theta", 5_000_000.0)),
+        rope_theta_sliding=_float(sliding, "rope_theta", 10_000.0),
+        partial_rotary_factor=_float(full, "partial_rotary_factor", 0.5),
         max_position_embeddings=_int(raw, "max_position_embeddings", 131072),
         layout="hf",
     )
@@ -277,6 +328,9 @@ def _fields_from_original(raw: dict) -> dict:
 
     def per_layer(name: str, default: Any = None) -> list:
         value = raw.get(name, default)
+        if isinstance(value, list) and len(value) != n:
+            raise ConfigError(f"{name} has {len(value)} entries but zaya_layers has {n}; give one entry per "
+                              f"half-layer.")
         return list(value) if isinstance(value, list) else [value] * n
 
     hidden = _int(raw, "hidden_size")
@@ -285,33 +339,44 @@ def _fields_from_original(raw: dict) -> dict:
     ffn = per_layer("ffn_hidden_size_list", raw.get("ffn_hidden_size"))
     router = per_layer("zaya_mlp_expansion", 256)
     num_heads = _int(raw, "num_attention_heads")
+    if q_heads[0] is None and (num_heads is None or num_heads <= 0):
+        raise ConfigError(f"cca_num_q_heads is absent and num_attention_heads={num_heads!r}: one of them must "
+                          f"give the CCA query heads. Fix config.json.")
     nq = _uniform(q_heads[0::2], "cca_num_q_heads") if q_heads[0] is not None else num_heads // 2
     nkv = _uniform(kv_heads[0::2], "num_query_groups_list")
-    head_dim = _int(raw, "head_dim") or _int(raw, "kv_channels") or hidden // num_heads
+    head_dim = _head_dim(raw, hidden, num_heads, "head_dim", "kv_channels")
     experts = _uniform(moe, "zaya_layers expert counts")
-    ffn_width = _uniform(ffn[1::2], "ffn_hidden_size_list")
-    if ffn_width is None or ffn_width % 2:
+    if nkv is None:
+        raise ConfigError("the KV head count is missing: set num_query_groups_list (per half-layer) or "
+                          "num_key_value_heads in config.json.")
+    ffn_width = _int({"ffn_hidden_size_list": _uniform(ffn[1::2], "ffn_hidden_size_list")},
+                     "ffn_hidden_size_list")
+    if ffn_width is None:
+        raise ConfigError("ffn_hidden_size_list (or ffn_hidden_size) is missing: it gives the experts' fc1 width. "
+                          "Restore it from the original config.json.")
+    if ffn_width % 2:
         raise ConfigError(f"ffn_hidden_size_list MoE entries must be even (gate + up), got {ffn_width!r}.")
     swa = per_layer("swa_layers", 0)[0::2] if raw.get("swa_layers") else [0] * (n // 2)
-    swa = [int(v or 0) for v in swa]
+    swa = [_int({"swa_layers": v or 0}, "swa_layers") for v in swa]
     windows = [v for v in swa if v > 0]
     return dict(
         _common(raw),
         num_hidden_layers=n // 2,
-        num_attention_heads=_int({"v": nq}, "v"),
-        num_key_value_heads=_int({"v": nkv}, "v"),
+        num_attention_heads=_int({"cca_num_q_heads": nq}, "cca_num_q_heads"),
+        num_key_value_heads=_int({"num_query_groups_list": nkv}, "num_query_groups_list"),
         head_dim=head_dim,
         num_experts=experts,
         moe_intermediate_size=ffn_width // 2,
-        router_hidden_size=_int({"v": _uniform(router[1::2], "zaya_mlp_expansion")}, "v"),
-        rms_norm_eps=float(raw.get("norm_epsilon", 1e-5)),
+        router_hidden_size=_int({"zaya_mlp_expansion": _uniform(router[1::2], "zaya_mlp_expansion")},
+                                "zaya_mlp_expansion"),
+        rms_norm_eps=_float(raw, "norm_epsilon", 1e-5),
         router_norm_eps=1e-6,  # the original implementation's router norm ignores the config (doc P2)
         skip_expert_output="scaled_input",
         layer_types=[SLIDING if v > 0 else FULL for v in swa],
         sliding_window=max(windows) + 1 if windows else None,  # Megatron counts previous tokens only
-        rope_theta=float(raw.get("rope_theta") or 10_000.0),
-        rope_theta_sliding=float(raw.get("swa_rotary_base") or 10_000.0),
-        partial_rotary_factor=float(raw.get("partial_rotary_factor", 0.5)),
+        rope_theta=_float(raw, "rope_theta") or 10_000.0,
+        rope_theta_sliding=_float(raw, "swa_rotary_base") or 10_000.0,
+        partial_rotary_factor=_float(raw, "partial_rotary_factor", 0.5),
         max_position_embeddings=_int(raw, "max_position_embeddings", 4096),
         layout="original",
     )

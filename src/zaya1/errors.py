@@ -23,7 +23,8 @@ class InputError(ZayaError, ValueError):
 
 
 class ArtifactError(ZayaError, ValueError):
-    """Compiled Neuron artifacts are incomplete or were built for another configuration."""
+    """Compiled Neuron artifacts are incomplete or were built for another configuration, or an output
+    (artifacts, converted weights) cannot be written."""
 
 
 class NeuronUnavailableError(ZayaError, ImportError):

@@ -8,13 +8,14 @@ the simulated tensor-parallel one, and the Neuron one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from .errors import CheckpointNotFoundError, InputError
+from .errors import CheckpointError, CheckpointNotFoundError, InputError
 
 
 @dataclass
@@ -25,11 +26,13 @@ class SamplingParams:
     top_p: float = 1.0  # 1.0 = off
 
     def validate(self) -> None:
-        if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
-            raise InputError(f"temperature={self.temperature!r} must be > 0 (use do_sample=False for greedy).")
+        if (isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float))
+                or not math.isfinite(self.temperature) or self.temperature <= 0):
+            raise InputError(f"temperature={self.temperature!r} must be a finite number > 0 (for greedy decoding "
+                             f"use do_sample=False and leave temperature at 1.0).")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise InputError(f"top_k={self.top_k!r} must be an integer >= 0 (0 disables top-k).")
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             raise InputError(f"top_p={self.top_p!r} must be in (0, 1] (1 disables nucleus sampling).")
 
 
@@ -49,12 +52,18 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
 
 
-def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> None:
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids",
+                    attention_mask: torch.Tensor | None = None) -> None:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
-        raise InputError(f"{name} must be an integer tensor of token ids, got "
+        raise InputError(f"{name} must be an integer tensor of token ids (e.g. torch.tensor([[...]])), got "
                          f"{getattr(input_ids, 'dtype', type(input_ids).__name__)}.")
-    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise InputError(f"{name} must have shape [batch, seq] with seq >= 1, got {list(input_ids.shape)}.")
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise InputError(f"{name} must have shape [batch, seq] with batch >= 1 and seq >= 1 (an empty prompt "
+                         f"has nothing to condition on), got {list(input_ids.shape)}.")
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
+                                       or attention_mask.shape != input_ids.shape):
+        raise InputError(f"attention_mask shape {list(getattr(attention_mask, 'shape', []))} differs from {name} "
+                         f"shape {list(input_ids.shape)}; pass one 0/1 entry per token.")
     if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
         bad = input_ids[(input_ids < 0) | (input_ids >= vocab_size)][:5].tolist()
         raise InputError(f"{name} holds token id(s) {bad} outside the vocabulary [0, {vocab_size}). "
@@ -93,10 +102,10 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     padded with ``pad_token_id`` after it, as transformers does. ``streamer(tokens [B])`` is called after
     every step. ``eos_token_id`` defaults to the config's (pass ``[]`` to never stop early)."""
     cfg = model.config
-    if input_ids.dim() == 1:
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
         input_ids = input_ids[None]
         attention_mask = None if attention_mask is None else attention_mask[None]
-    check_token_ids(input_ids, cfg.vocab_size)
+    check_token_ids(input_ids, cfg.vocab_size, attention_mask=attention_mask)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise InputError(f"max_new_tokens={max_new_tokens!r} must be a positive integer.")
     params = SamplingParams(do_sample, temperature, top_k, top_p)
@@ -109,12 +118,21 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     batch, device = len(prompts), model.device
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     longest = int(lengths.max())
+    if max_seq_len is not None and (isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int)
+                                    or max_seq_len <= 0):
+        raise InputError(f"max_seq_len={max_seq_len!r} must be a positive integer (or None for "
+                         f"max_position_embeddings={cfg.max_position_embeddings}).")
     limit = max_seq_len or cfg.max_position_embeddings
+    source = f"max_seq_len={limit}" if max_seq_len is not None else f"max_position_embeddings={limit} in config.json"
+    if longest >= limit:
+        raise InputError(f"prompt {int(lengths.argmax())} has {longest} tokens, but the maximum sequence length is "
+                         f"{limit} ({source}), which leaves no room for new tokens. "
+                         + (f"Truncate the prompt to at most {limit - max_new_tokens} tokens." if limit > max_new_tokens
+                            else f"Shorten the prompt and lower max_new_tokens below {limit}."))
     if longest + max_new_tokens > limit:
         raise InputError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "
-                         f"{longest + max_new_tokens} exceeds the maximum sequence length {limit}"
-                         f"{' (max_position_embeddings)' if max_seq_len is None else ''}. Shorten the prompt or "
-                         f"lower max_new_tokens.")
+                         f"{longest + max_new_tokens} exceeds the maximum sequence length {limit} ({source}). "
+                         f"Lower max_new_tokens to at most {limit - longest} or shorten the prompt.")
     state = model.new_state(batch, bucket(longest + max_new_tokens, 64, limit))
     generator = None
     if seed is not None:
@@ -180,12 +198,25 @@ class Tokenizer:
                 f"tokenizer files there, or pass token ids directly (zaya1 generate --prompt-ids ...).")
         try:
             from transformers import AutoTokenizer
-
-            return cls(AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True))
         except ImportError:
+            AutoTokenizer = None
+        try:
+            if AutoTokenizer is not None:
+                return cls(AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True))
             from tokenizers import Tokenizer as RawTokenizer
 
+            if not (path / "tokenizer.json").is_file():
+                raise CheckpointNotFoundError(f"{path / 'tokenizer.json'} is missing and transformers is not "
+                                              f"installed to read tokenizer_config.json: copy tokenizer.json there "
+                                              f"or pip install transformers.")
             return cls(RawTokenizer.from_file(str(path / "tokenizer.json")))
+        except CheckpointNotFoundError:
+            raise
+        except Exception as exc:  # transformers / tokenizers raise many types (ValueError, OSError, Exception)
+            detail = " ".join(str(exc).split())[:300]
+            raise CheckpointError(f"the tokenizer files in {path} (tokenizer.json / tokenizer_config.json) cannot be "
+                                  f"loaded ({type(exc).__name__}: {detail}). Copy them again from the original "
+                                  f"checkpoint.") from exc
 
     @property
     def has_chat_template(self) -> bool:

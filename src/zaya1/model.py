@@ -251,7 +251,7 @@ class ZayaForCausalLM(nn.Module):
         (as transformers does without position_ids)."""
         from .generation import check_token_ids
 
-        check_token_ids(input_ids, self.config.vocab_size)
+        check_token_ids(input_ids, self.config.vocab_size, attention_mask=attention_mask)
         batch, seq = input_ids.shape
         token_mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
                       else attention_mask.to(torch.bool))
