@@ -310,7 +310,9 @@ def describe_plan(config: ZayaConfig, tp: int, batch_size: int, seq_len: int, dt
     attn = rank_model.model.layers[0].self_attn
     experts = rank_model.model.layers[0].mlp.experts
     q_heads, kv_heads = rank_heads(config, tp, 0)
-    gib = 1024 ** 3
+    def size(n: float) -> str:
+        return f"{n / 1024 ** 3:.2f} GiB" if n >= 1024 ** 3 else f"{n / 1024 ** 2:.2f} MiB"
+
     return [
         f"tensor parallel degree {tp}: rank 0 holds query heads {q_heads}, KV heads {kv_heads}"
         + (" (KV heads replicated across ranks)" if tp > config.num_key_value_heads else ""),
@@ -319,6 +321,6 @@ def describe_plan(config: ZayaConfig, tp: int, batch_size: int, seq_len: int, dt
         f"o_proj {list(attn.o_proj.weight.shape)}",
         f"per rank: experts gate_up {list(experts.gate_up_proj.shape)}, down {list(experts.down_proj.shape)}; "
         f"router replicated; vocab rows {rank_model.model.embed_tokens.weight.shape[0]}",
-        f"per rank bytes: weights {weights / gib:.2f} GiB, KV cache {kv / gib:.3f} GiB "
-        f"(batch {batch_size} x {seq_len} tokens), CCA state {state / 1024 ** 2:.2f} MiB",
+        f"per rank bytes: weights {size(weights)}, KV cache {size(kv)} (batch {batch_size} x {seq_len} tokens), "
+        f"CCA state {size(state)}",
     ]

@@ -24,6 +24,8 @@ How it maps onto NxDI (file references are repo-relative, see README "Running on
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -35,9 +37,10 @@ from neuronx_distributed_inference.models.config import InferenceConfig, MoENeur
 from neuronx_distributed_inference.models.model_base import NeuronBaseForCausalLM, NeuronBaseModel
 from neuronx_distributed_inference.models.model_wrapper import DecoderModelInstance, ModelWrapper
 
+from ..artifacts import ArtifactManifest, check_manifest, check_request, load_manifest
 from ..checkpoint import resolve_dtype
 from ..config import ZayaConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..generation import split_prompts
 from ..model import ZayaForCausalLM, ZayaModel
 from ..parallel import check_tp, neuron_state_dict, partition_dim
@@ -278,18 +281,29 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
         model.load(compiled_path)
         return model
 
-    def load(self, compiled_model_path, *args, **kwargs):
-        from ..artifacts import check_compiled_for
+    def expected_manifest(self) -> ArtifactManifest:
+        """The manifest compiled artifacts must carry to be loaded with this config and checkpoint."""
+        nc = self.neuron_config
+        return ArtifactManifest.for_checkpoint(
+            self.model_path_or_name, tp_degree=nc.tp_degree, batch_size=nc.batch_size, seq_len=nc.seq_len,
+            max_context_length=nc.max_context_length, buckets=nc.context_encoding_buckets, dtype=nc.torch_dtype,
+            on_device_sampling=nc.on_device_sampling_config is not None,
+            token_generation_buckets=nc.token_generation_buckets)
 
-        check_compiled_for(compiled_model_path, self)
-        return super().load(compiled_model_path, *args, **kwargs)
+    def load(self, compiled_model_path, *args, **kwargs):
+        """Load compiled artifacts after checking they were made for this config, checkpoint and SDK."""
+        manifest = load_manifest(compiled_model_path)
+        check_manifest(manifest, self.expected_manifest(), artifacts_dir=compiled_model_path)
+        self.manifest = manifest
+        return super().load(os.path.join(str(compiled_model_path), ""), *args, **kwargs)
 
     # The step-function interface of zaya1.generation (host-side sampling; needs logits on the host, i.e.
     # compiled without on-device sampling or with output_logits). The state lives on the device.
     def new_state(self, max_batch: int, max_seq: int) -> "_DeviceState":
-        from ..artifacts import check_request
-
-        check_request(self.neuron_config, max_batch, [0], max_seq)
+        if max_batch > self.manifest.batch_size or max_seq > self.manifest.seq_len:
+            raise InputError(f"{max_batch} sequences of up to {max_seq} tokens do not fit the compiled batch_size="
+                             f"{self.manifest.batch_size}, seq_len={self.manifest.seq_len}; recompile with "
+                             f"scripts/compile.py --batch-size / --seq-len.")
         self.reset()
         return _DeviceState(self.neuron_config.seq_len)
 
@@ -317,11 +331,9 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
         from neuronx_distributed_inference.utils.hf_adapter import HuggingFaceGenerationAdapter
         from transformers import GenerationConfig
 
-        from ..artifacts import check_request
-
         zaya = self.config.zaya_config
         prompts = split_prompts(input_ids, attention_mask)
-        check_request(self.neuron_config, len(prompts), [len(p) for p in prompts], max_new_tokens)
+        check_request(self.manifest, len(prompts), [len(p) for p in prompts], max_new_tokens)
         pad = pad_token_id if pad_token_id is not None else (zaya.pad_token_id or 0)
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
