@@ -300,10 +300,9 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
     # The step-function interface of zaya1.generation (host-side sampling; needs logits on the host, i.e.
     # compiled without on-device sampling or with output_logits). The state lives on the device.
     def new_state(self, max_batch: int, max_seq: int) -> "_DeviceState":
-        if max_batch > self.manifest.batch_size or max_seq > self.manifest.seq_len:
-            raise InputError(f"{max_batch} sequences of up to {max_seq} tokens do not fit the compiled batch_size="
-                             f"{self.manifest.batch_size}, seq_len={self.manifest.seq_len}; recompile with "
-                             f"scripts/compile.py --batch-size / --seq-len.")
+        if max_batch > self.manifest.batch_size:
+            raise InputError(f"a batch of {max_batch} sequences exceeds the compiled batch_size="
+                             f"{self.manifest.batch_size}; split it or recompile with scripts/compile.py --batch-size.")
         self.reset()
         return _DeviceState(self.neuron_config.seq_len)
 

@@ -1,0 +1,84 @@
+"""The Neuron backend's CPU-checkable parts: lazy imports, install errors, the compile plan, source sanity."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import zaya1
+from zaya1 import NeuronUnavailableError
+from zaya1.config import ZayaConfig
+from zaya1.neuron import sdk_available
+from zaya1.parallel import describe_plan
+
+ROOT = Path(__file__).parents[2]
+GOLDEN = ROOT / "test" / "data" / "golden" / "zaya1-original-gqa"
+no_sdk = pytest.mark.skipif(sdk_available(), reason="checks the behaviour without the Neuron SDK")
+
+
+def test_import_zaya1_does_not_import_the_sdk():
+    code = ("import sys, zaya1, zaya1.cli, zaya1.generation, zaya1.parallel, zaya1.artifacts; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('torch_neuronx', 'neuronx_distributed', 'neuronx_distributed_inference')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@no_sdk
+@pytest.mark.parametrize("name", ["NeuronZayaForCausalLM", "ZayaInferenceConfig", "ZayaNeuronConfig"])
+def test_neuron_names_explain_how_to_install(name):
+    cls = getattr(zaya1, name)
+    with pytest.raises(NeuronUnavailableError, match="Neuron SDK is not installed.*pip install"):
+        cls()
+    with pytest.raises(NeuronUnavailableError, match="neuronx_distributed_inference"):
+        cls.from_pretrained  # noqa: B018  (any attribute)
+    assert issubclass(NeuronUnavailableError, ImportError)
+
+
+@no_sdk
+def test_register_without_sdk_says_what_is_missing():
+    from zaya1.neuron import register
+
+    with pytest.raises(NeuronUnavailableError, match="register"):
+        register()
+
+
+def test_neuron_sdk_is_imported_only_inside_the_neuron_package():
+    sdk = ("neuronx_distributed", "torch_neuronx", "libneuronxla")
+    for path in (ROOT / "src" / "zaya1").rglob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))  # every module parses
+        names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        if path.parent.name != "neuron":
+            assert not [n for n in names if n.startswith(sdk)], f"Neuron SDK import outside zaya1.neuron: {path}"
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4, 8])
+def test_plan_shapes_for_zaya1(tp):
+    lines = "\n".join(describe_plan(ZayaConfig(), tp, batch_size=4, seq_len=4096, dtype=torch.bfloat16))
+    assert f"q_proj [{1024 // tp}, 2048]" in lines
+    assert f"o_proj [2048, {1024 // tp}]" in lines
+    assert f"gate_up [16, {4096 // tp}, 2048]" in lines
+    # KV heads: split while tp <= 2, then replicated (one per rank)
+    assert f"k_proj [{256 // min(tp, 2)}, 2048]" in lines
+    assert ("replicated across ranks" in lines) == (tp > 2)
+
+
+def test_compile_dry_run_prints_the_plan_without_the_sdk(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "compile.py"), "--model-path", str(GOLDEN),
+                          "--compiled-model-path", str(tmp_path / "c"), "--tp-degree", "2", "--batch-size", "2",
+                          "--max-context-length", "64", "--seq-len", "128", "--buckets", "32,64", "--dry-run"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "rank 0 holds query heads [0, 1], KV heads [0]" in out
+    assert "context-encoding buckets [32, 64]" in out
+    assert not (tmp_path / "c").exists()  # a dry run writes nothing
+
+
+def test_compile_rejects_bad_tp_before_any_work(tmp_path):
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "compile.py"), "--model-path", str(GOLDEN),
+                          "--compiled-model-path", str(tmp_path / "c"), "--tp-degree", "3", "--seq-len", "128",
+                          "--max-context-length", "64"], capture_output=True, text=True)
+    assert res.returncode == 2 and "tp_degree=3 does not divide the 4 query heads" in res.stderr
+    assert not (tmp_path / "c").exists()
