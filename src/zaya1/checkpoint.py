@@ -267,10 +267,7 @@ def load_model(cls, path, dtype=torch.float32, device="cpu", tp_degree: int = 1,
     """Build ``cls`` (ZayaForCausalLM) from a checkpoint directory: weights allocated once, in ``dtype``, on
     ``device``, then filled tensor by tensor (peak memory ~ one model + the largest tensor)."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointNotFoundError(f"checkpoint directory {path} does not exist. Pass the directory holding "
-                                      f"config.json and the *.safetensors files.")
-    if not path.is_dir():
+    if path.exists() and not path.is_dir():  # a missing path is reported by ZayaConfig.from_pretrained
         raise CheckpointNotFoundError(f"{path} is a file, not a checkpoint directory. Pass the directory that holds "
                                       f"config.json and the *.safetensors files (here probably {path.parent}).")
     dtype = resolve_dtype(dtype)
