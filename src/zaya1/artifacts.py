@@ -247,6 +247,10 @@ def _ensure_parent(target: Path, what: str = "compiled artifacts") -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise ArtifactError(f"cannot write {what} to {target}: {blocker} is a file, not a directory. Choose "
+                                f"another output directory (e.g. --output-dir).") from None
         raise _unwritable(target, parent, exc, what) from None
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise _unwritable(target, parent, None, what)
@@ -538,6 +542,9 @@ def check_manifest(manifest: ArtifactManifest, expected: ArtifactManifest | Mapp
             continue
         if have == want:
             continue
+        limit = {"buckets": "max_context_length", "token_generation_buckets": "seq_len"}.get(name)
+        if limit and wanted.get(limit, getattr(manifest, limit)) != getattr(manifest, limit):
+            continue  # follows from the differing limit, already reported
         if name == "checkpoint_fingerprint":
             diffs.append(f"compiled from another checkpoint (fingerprint {_show(name, have)}, this checkpoint "
                          f"{_show(name, want)})")
