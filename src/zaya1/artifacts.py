@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import operator
 import os
 import shutil
 from contextlib import contextmanager, nullcontext
@@ -576,12 +577,16 @@ def check_request(manifest: ArtifactManifest, batch_size: int, prompt_lengths: S
         raise InputError(f"batch_size={batch_size!r} must be a positive integer.")
     if not _positive_int(max_new_tokens):
         raise InputError(f"max_new_tokens={max_new_tokens!r} must be a positive integer.")
-    lengths = list(prompt_lengths)
+    lengths = []
+    for i, n in enumerate(prompt_lengths):  # ints, or integer tensors / numpy scalars
+        try:
+            lengths.append(-1 if isinstance(n, bool) else operator.index(n))
+        except TypeError:
+            lengths.append(-1)
+        if lengths[-1] < 1:
+            raise InputError(f"prompt {i} has length {n!r}: every prompt needs at least one token.")
     if len(lengths) != batch_size:
         raise InputError(f"{len(lengths)} prompt length(s) for batch_size={batch_size}: give one per sequence.")
-    for i, n in enumerate(lengths):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise InputError(f"prompt {i} has length {n!r}: every prompt needs at least one token.")
     if batch_size > manifest.batch_size:
         raise InputError(f"a batch of {batch_size} sequences exceeds the compiled batch_size={manifest.batch_size}. "
                          f"Split the request into batches of at most {manifest.batch_size}, or recompile with "
