@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import operator
 import os
 import shutil
 from contextlib import contextmanager, nullcontext
@@ -247,6 +248,10 @@ def _ensure_parent(target: Path, what: str = "compiled artifacts") -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise ArtifactError(f"cannot write {what} to {target}: {blocker} is a file, not a directory. Choose "
+                                f"another output directory (e.g. --output-dir).") from None
         raise _unwritable(target, parent, exc, what) from None
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise _unwritable(target, parent, None, what)
@@ -538,6 +543,9 @@ def check_manifest(manifest: ArtifactManifest, expected: ArtifactManifest | Mapp
             continue
         if have == want:
             continue
+        limit = {"buckets": "max_context_length", "token_generation_buckets": "seq_len"}.get(name)
+        if limit and wanted.get(limit, getattr(manifest, limit)) != getattr(manifest, limit):
+            continue  # follows from the differing limit, already reported
         if name == "checkpoint_fingerprint":
             diffs.append(f"compiled from another checkpoint (fingerprint {_show(name, have)}, this checkpoint "
                          f"{_show(name, want)})")
@@ -569,12 +577,16 @@ def check_request(manifest: ArtifactManifest, batch_size: int, prompt_lengths: S
         raise InputError(f"batch_size={batch_size!r} must be a positive integer.")
     if not _positive_int(max_new_tokens):
         raise InputError(f"max_new_tokens={max_new_tokens!r} must be a positive integer.")
-    lengths = list(prompt_lengths)
+    lengths = []
+    for i, n in enumerate(prompt_lengths):  # ints, or integer tensors / numpy scalars
+        try:
+            lengths.append(-1 if isinstance(n, bool) else operator.index(n))
+        except TypeError:
+            lengths.append(-1)
+        if lengths[-1] < 1:
+            raise InputError(f"prompt {i} has length {n!r}: every prompt needs at least one token.")
     if len(lengths) != batch_size:
         raise InputError(f"{len(lengths)} prompt length(s) for batch_size={batch_size}: give one per sequence.")
-    for i, n in enumerate(lengths):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise InputError(f"prompt {i} has length {n!r}: every prompt needs at least one token.")
     if batch_size > manifest.batch_size:
         raise InputError(f"a batch of {batch_size} sequences exceeds the compiled batch_size={manifest.batch_size}. "
                          f"Split the request into batches of at most {manifest.batch_size}, or recompile with "

@@ -243,7 +243,8 @@ def load_into(model: torch.nn.Module, cfg: ZayaConfig, path: str | Path, check_f
                                               f"original index and shards.") from None
                     if dtype not in _FLOAT_STORAGE:
                         raise CheckpointError(f"{file}: tensor {key!r} is stored as {dtype}; only float32, "
-                                              f"bfloat16, float16 and float64 weights are supported.")
+                                              f"bfloat16, float16 and float64 weights are supported (no "
+                                              f"quantized checkpoints). Use the original floating-point weights.")
                     try:
                         tensor = f.get_tensor(key)
                     except (SafetensorError, OSError, RuntimeError) as exc:

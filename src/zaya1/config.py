@@ -59,7 +59,7 @@ class ZayaConfig:
     def __post_init__(self):
         if not self.layer_types:
             self.layer_types = [FULL] * self.num_hidden_layers
-        if isinstance(self.eos_token_id, int):
+        if self.eos_token_id is not None and not isinstance(self.eos_token_id, (list, tuple)):
             self.eos_token_id = [self.eos_token_id]
         self.eos_token_id = list(self.eos_token_id or [])
         self.validate()
@@ -130,6 +130,9 @@ class ZayaConfig:
         """Read ``<path>/config.json`` (or a config.json path) in either layout. ``overrides`` replace
         canonical fields, e.g. ``router_norm_eps=1e-5`` or ``skip_expert_output="zero"``."""
         path = Path(path)
+        unknown = sorted(set(overrides) - _FIELD_NAMES)
+        if unknown:
+            raise ConfigError(f"unknown config override argument(s) {unknown}; valid names: {sorted(_FIELD_NAMES)}")
         file = path if path.is_file() else path / "config.json"
         if not path.exists():
             raise CheckpointNotFoundError(f"checkpoint path {path} does not exist. Pass a directory holding "
@@ -157,7 +160,7 @@ class ZayaConfig:
         elif raw.get("layout") in LAYOUTS:  # our own to_dict()
             fields = {k: v for k, v in raw.items() if k in _FIELD_NAMES}
         else:
-            raise ConfigError("config.json is neither the original ZAYA1 layout (no 'zaya_layers') nor the "
+            raise ConfigError("the config is neither the original ZAYA1 layout (no 'zaya_layers') nor the "
                               "Hugging Face layout (no 'layer_types' / 'moe_intermediate_size'). "
                               "Is this a ZAYA1 checkpoint?")
         unknown = sorted(set(overrides) - _FIELD_NAMES)
@@ -319,7 +322,8 @@ def _fields_from_original(raw: dict) -> dict:
                           f"with 'a'; got {kinds!r}.")
     n = len(kinds)  # never num_hidden_layers: the fork's default (120) is unreliable
     if _int(raw, "moe_router_topk", 1) != 1:
-        raise ConfigError(f"moe_router_topk={raw['moe_router_topk']} is not supported: ZAYA1 routes top-1.")
+        raise ConfigError(f"moe_router_topk={raw['moe_router_topk']} is not supported: ZAYA1 routes top-1. "
+                          f"Set it to 1.")
     if raw.get("activation_func", "swiglu") != "swiglu" or raw.get("gated_linear_unit", True) is False:
         raise ConfigError("only gated SwiGLU experts are supported (activation_func 'swiglu').")
     for flag in ("zaya_use_mod", "zaya_use_eda", "scale_residual_merge"):
