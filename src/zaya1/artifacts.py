@@ -239,7 +239,7 @@ def _note(exc: BaseException, text: str) -> None:
 def _unwritable(target: Path, where: Path, exc: OSError | None, what: str = "compiled artifacts") -> ArtifactError:
     reason = f" ({exc.strerror or exc})" if exc is not None else ""
     return ArtifactError(f"cannot write {what} to {target}: {where} is not a writable directory{reason}. Choose "
-                         f"another output directory (e.g. --output-dir) or fix its permissions.")
+                         f"another output directory (e.g. --compiled-model-path) or fix its permissions.")
 
 
 def _ensure_parent(target: Path, what: str = "compiled artifacts") -> Path:
@@ -251,7 +251,7 @@ def _ensure_parent(target: Path, what: str = "compiled artifacts") -> Path:
         blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
         if blocker is not None and not blocker.is_dir():
             raise ArtifactError(f"cannot write {what} to {target}: {blocker} is a file, not a directory. Choose "
-                                f"another output directory (e.g. --output-dir).") from None
+                                f"another output directory (e.g. --compiled-model-path).") from None
         raise _unwritable(target, parent, exc, what) from None
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise _unwritable(target, parent, None, what)
@@ -483,18 +483,18 @@ def load_manifest(artifacts_dir: str | Path) -> ArtifactManifest:
         leftovers = _leftovers(path.absolute())
         hint = (f" (only {leftovers[0].name} is there: an interrupted compile; delete it)" if leftovers else "")
         raise ArtifactError(f"no compiled artifacts at {path}{hint}. Compile them with {COMPILE_SCRIPT} "
-                            f"--output-dir {path}.")
+                            f"--compiled-model-path {path}.")
     file = path / MANIFEST_NAME
     if not file.is_file():
         raise ArtifactError(f"{path} has no {MANIFEST_NAME}: it is an incomplete or interrupted compile (or was "
-                            f"not written by zaya1). Delete it and recompile with {COMPILE_SCRIPT} --output-dir "
+                            f"not written by zaya1). Delete it and recompile with {COMPILE_SCRIPT} --compiled-model-path "
                             f"{path}.")
     try:
         raw = json.loads(file.read_text(encoding="utf-8"))
         manifest = ArtifactManifest.from_dict(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, ConfigError, TypeError) as exc:
         raise ArtifactError(f"{file} is not a valid zaya1 manifest ({exc}). Delete {path} and recompile with "
-                            f"{COMPILE_SCRIPT} --output-dir {path}.") from None
+                            f"{COMPILE_SCRIPT} --compiled-model-path {path}.") from None
     if manifest.format_version > FORMAT_VERSION:
         raise ArtifactError(f"{file} has format_version {manifest.format_version}, newer than this zaya1 reads "
                             f"({FORMAT_VERSION}): upgrade zaya1 or recompile with this version.")
@@ -549,7 +549,7 @@ def check_manifest(manifest: ArtifactManifest, expected: ArtifactManifest | Mapp
         if name == "checkpoint_fingerprint":
             diffs.append(f"compiled from another checkpoint (fingerprint {_show(name, have)}, this checkpoint "
                          f"{_show(name, want)})")
-            flags.append("--model <this checkpoint>")
+            flags.append("--model-path <this checkpoint>")
         elif name == "zaya1_version":
             diffs.append(f"compiled with zaya1 {have}, running {want}")
         else:
@@ -561,7 +561,7 @@ def check_manifest(manifest: ArtifactManifest, expected: ArtifactManifest | Mapp
             settings.append(f"{name}={_show(name, have)}")
     if not diffs:
         return
-    out = f" --output-dir {artifacts_dir}" if artifacts_dir is not None else ""
+    out = f" --compiled-model-path {artifacts_dir}" if artifacts_dir is not None else ""
     fix = f"recompile with {COMPILE_SCRIPT} {' '.join(flags) if flags else '(same settings)'}{out}"
     if settings:
         fix += f", or pass the matching setting(s) {', '.join(settings)}"

@@ -153,12 +153,12 @@ class ZayaConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, **overrides: Any) -> "ZayaConfig":
-        if "zaya_layers" in raw:
+        if raw.get("layout") in LAYOUTS and "model_type" not in raw:  # our own to_dict()
+            fields = {k: v for k, v in raw.items() if k in _FIELD_NAMES}
+        elif "zaya_layers" in raw:
             fields = _fields_from_original(raw)
         elif "layer_types" in raw or "moe_intermediate_size" in raw or "router_hidden_size" in raw:
             fields = _fields_from_hf(raw)
-        elif raw.get("layout") in LAYOUTS:  # our own to_dict()
-            fields = {k: v for k, v in raw.items() if k in _FIELD_NAMES}
         else:
             raise ConfigError("the config is neither the original ZAYA1 layout (no 'zaya_layers') nor the "
                               "Hugging Face layout (no 'layer_types' / 'moe_intermediate_size'). "
@@ -179,6 +179,9 @@ class ZayaConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     def replace(self, **changes: Any) -> "ZayaConfig":
         return dataclasses.replace(self, **changes)

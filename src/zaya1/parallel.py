@@ -161,7 +161,7 @@ def shard_tensor(key: str, tensor: torch.Tensor, config: ZayaConfig, tp: int, ra
         gate, up = tensor.chunk(2, dim=1)
         return torch.cat([gate[:, rank * size:(rank + 1) * size], up[:, rank * size:(rank + 1) * size]], dim=1)
     if key.endswith("experts.down_proj"):
-        return tensor.chunk(tp, dim=2)[rank]
+        return tensor.chunk(tp, dim=2)[rank].contiguous()
     assert partition_dim(key) is None, f"no shard rule for {key}"
     return tensor
 
@@ -207,7 +207,7 @@ def neuron_state_dict(state_dict: dict[str, torch.Tensor], config: ZayaConfig, t
 
 def split_neuron_state_dict(state_dict: dict[str, torch.Tensor], tp: int, rank: int) -> dict[str, torch.Tensor]:
     """What NxD's sharding hands ``rank``: contiguous chunks along each partition dim."""
-    return {key: (t if partition_dim(key) is None else t.chunk(tp, dim=partition_dim(key))[rank])
+    return {key: (t if partition_dim(key) is None else t.chunk(tp, dim=partition_dim(key))[rank].contiguous())
             for key, t in state_dict.items()}
 
 

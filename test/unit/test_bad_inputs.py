@@ -3,7 +3,7 @@ and whose one-line message names what is wrong, where (file, tensor key, argumen
 
 Fixtures are built on the fly in tmp_path from the two tiny configs in test/data/bad_inputs (the golden tiny
 model's config in the original and the Hugging Face layout) with random weights; nothing under /work/shared
-is read. ``python test/unit/test_bad_inputs.py`` prints the "What can go wrong" table of docs/errors.md from
+is read. ``python test/unit/test_bad_inputs.py`` prints the "What can go wrong" table of the README from
 the messages the cases actually produce.
 """
 
@@ -603,7 +603,7 @@ def _(c):
     load_manifest(c.out)
 
 
-@case("artifacts_missing", ArtifactError, "no compiled artifacts at {out}", "--output-dir {out}",
+@case("artifacts_missing", ArtifactError, "no compiled artifacts at {out}", "--compiled-model-path {out}",
       what="artifact directory does not exist")
 def _(c):
     load_manifest(c.out)

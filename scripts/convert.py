@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Convert a ZAYA1 checkpoint (either layout) to tensor-parallel weights, on CPU.
+
+    python scripts/convert.py --model-path /ckpt/ZAYA1-base --output /ckpt/zaya1-tp4 --tp-degree 4
+
+writes, with the sharding plan of zaya1.parallel (the one the Neuron backend and SimulatedTP use):
+  --format ranks   (default) tp{rank}_sharded_checkpoint.safetensors, one file per rank (canonical names)
+  --format neuron  neuron_state_dict.safetensors: every sharded tensor concatenated over ranks along its
+                   partition dim, as NxD's sharding expects
+Each file is written to a temporary name and renamed into place, so an interrupted conversion leaves no
+file that looks complete. The ranks format loads back with zaya1.parallel.SimulatedTP.from_state_dicts.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from zaya1 import ZayaForCausalLM
+from zaya1.artifacts import save_state_dict_atomic
+from zaya1.errors import ZayaError
+from zaya1.parallel import neuron_state_dict, rank_state_dicts
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--tp-degree", type=int, required=True)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--format", choices=("ranks", "neuron"), default="ranks")
+    args = p.parse_args(argv)
+    try:
+        model = ZayaForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
+        state, config, out = model.state_dict(), model.config, Path(args.output)
+        metadata = {"zaya1_tp_degree": str(args.tp_degree), "zaya1_config": config.to_json()}
+        if args.format == "neuron":
+            path = save_state_dict_atomic(neuron_state_dict(state, config, args.tp_degree),
+                                          out / "neuron_state_dict.safetensors", metadata)
+            print(f"wrote {path}")
+        else:
+            for rank, shard in enumerate(rank_state_dicts(state, config, args.tp_degree)):
+                path = save_state_dict_atomic(shard, out / f"tp{rank}_sharded_checkpoint.safetensors",
+                                              metadata | {"zaya1_rank": str(rank)})
+                print(f"wrote {path}")
+        return 0
+    except ZayaError as exc:
+        print(f"convert.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
