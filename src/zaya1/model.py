@@ -33,7 +33,7 @@ class ResidualScale(nn.Module):
             self.residual_bias = nn.Parameter(torch.empty(hidden))
 
     def forward(self, y: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        y = (y + self.hidden_states_bias) * self.hidden_states_scale
+        y = (y + self.hidden_states_bias) * self.hidden_states_scale.to(y.dtype)  # NxDI keeps "*scale" fp32
         if residual is None:  # the embedding: no residual yet
             return y.to(torch.float32)
         return y + (residual + self.residual_bias) * self.residual_scale

@@ -68,7 +68,7 @@ class ZayaRouter(nn.Module):
         """u [..., H] -> expert index [...] (num_experts = skip), route weight [...], router state [..., R]."""
         state = self.down_proj(u)
         if self.states_scale is not None and prev_state is not None:
-            state = state + prev_state * self.states_scale
+            state = state + prev_state * self.states_scale.to(state.dtype)  # NxDI keeps "*scale" params fp32
         h = F.gelu(self.fc1(self.norm(state)))
         probs = torch.softmax(self.out_proj(F.gelu(self.fc2(h))), dim=-1)
         choice = torch.argmax(probs.to(torch.float32) + self.balancing_biases, dim=-1)  # lowest index on ties
