@@ -12,7 +12,8 @@ Expert dispatch, all with static shapes and exact (no token dropping):
 
 * ``gather``    (decode): every token gathers its own expert's weights, so a step reads only the selected
                 experts. T tokens read T experts, so it is for small T.
-* ``blockwise`` (prefill): tokens are sorted by expert (stable argsort) and laid out in blocks of
+* ``blockwise`` (prefill): tokens are laid out by expert (in token order, no sort: a token's row is
+                its expert's first row + the number of earlier tokens of that expert) in blocks of
                 ``block_size`` rows that each belong to one expert, every expert's group padded to whole
                 blocks. At most T // block + min(E, T) blocks exist, a static bound, so compute is about
                 T + E * block rows instead of E * T, and each block reads one expert's weights. This is the
@@ -101,23 +102,20 @@ class ZayaExperts(nn.Module):
         tokens, hidden = x.shape
         block, num_experts = self.block_size, self.num_experts
         num_blocks = tokens // block + min(num_experts, tokens)  # static bound on the blocks in use
-        order = torch.argsort(expert, stable=True)  # tokens grouped by expert
-        counts = F.one_hot(expert, num_experts).sum(0)  # [E]
-        padded = (counts + block - 1) // block * block
-        group_start = torch.cumsum(padded, 0) - padded  # first slot of each expert's blocks
-        sorted_expert = expert[order]
-        rank_in_group = torch.arange(tokens, device=x.device) - (torch.cumsum(counts, 0) - counts)[sorted_expert]
-        slot = group_start[sorted_expert] + rank_in_group  # [T] slot of each sorted token
-        # slot -> token (index `tokens` = an all-zero row for empty slots)
+        onehot = F.one_hot(expert, num_experts)  # [T, E]
+        padded = (onehot.sum(0) + block - 1) // block * block  # each expert's rows, whole blocks
+        group_end = torch.cumsum(padded, 0)
+        rank_in_group = (torch.cumsum(onehot, 0) * onehot).sum(-1) - 1  # earlier tokens of the same expert
+        slot = (group_end - padded)[expert] + rank_in_group  # [T] row of each token in the block layout
+        # slot -> token (index `tokens` = an all-zero row for the padding slots); block -> its expert
         slot_token = torch.full((num_blocks * block,), tokens, dtype=torch.long, device=x.device)
-        slot_token = slot_token.scatter(0, slot, order)
-        block_expert = torch.searchsorted(torch.cumsum(padded, 0), torch.arange(num_blocks, device=x.device) * block,
-                                          right=True).clamp_max(num_experts - 1)
+        slot_token = slot_token.scatter(0, slot, torch.arange(tokens, device=x.device))
+        block_start = torch.arange(num_blocks, device=x.device)[:, None] * block
+        block_expert = (group_end[None, :] <= block_start).sum(-1).clamp_max(num_experts - 1)
         rows = torch.cat([x, x.new_zeros(1, hidden)])[slot_token].view(num_blocks, block, hidden)
         h = torch.bmm(rows, self.gate_up_proj[block_expert].transpose(1, 2))
         out = torch.bmm(self._swiglu(h), self.down_proj[block_expert].transpose(1, 2)).view(-1, hidden)
-        token_slot = torch.empty_like(slot).scatter_(0, order, slot)  # inverse map: token -> slot
-        return out[token_slot] * weight[:, None]
+        return out[slot] * weight[:, None]
 
     def grouped(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x)
