@@ -35,6 +35,28 @@ def test_manual_conv1d_equals_nn_conv1d(channels, groups, kernel, bias):
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels,groups", [(320, 320), (320, 10), (1280, 10)], ids=["depthwise", "grouped",
+                                                                                     "zaya1-grouped"])
+def test_manual_conv1d_rounds_like_nn_conv1d_in_half_precision(channels, groups, dtype):
+    """nn.Conv1d in bf16/fp16 accumulates in fp32 (bias included) and rounds once; rounding every product
+    instead flips ~30% of the outputs by an ulp, enough to change bf16 routing decisions downstream."""
+    gen = torch.Generator().manual_seed(channels + groups)
+    ref = torch.nn.Conv1d(channels, channels, 2, groups=groups).to(dtype)
+    ours = ManualConv1d(channels, 2, groups=groups).to(dtype)
+    with torch.no_grad():
+        ref.weight.copy_(torch.randn(ref.weight.shape, generator=gen) / ref.weight.shape[1] ** 0.5)
+        ref.bias.copy_(torch.randn(channels, generator=gen) * 0.1)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, channels, 33, generator=gen).to(dtype)
+    got, expected = ours(x), ref(x)
+    assert got.dtype == dtype
+    mismatched = (got != expected).float().mean().item()
+    assert mismatched <= 1e-2, f"{mismatched:.1%} of the outputs differ from nn.Conv1d"
+    ulp = torch.finfo(dtype).eps * expected.float().abs().clamp_min(1.0)  # fp32 summation order: at most 1 ulp
+    assert ((got.float() - expected.float()).abs() <= ulp).all()
+
+
 # ---------------------------------------------------------------------------------------------- experts
 NUM_EXPERTS, HIDDEN, INTERMEDIATE = 6, 24, 10
 
