@@ -40,7 +40,7 @@ def report():
 
 def pytest_terminal_summary(terminalreporter):
     if _REPORT:
-        terminalreporter.section("measured max |dlogit| (float32)")
+        terminalreporter.section("measured max |dlogit| (float32 unless labelled bf16)")
         for label, value in _REPORT:
             terminalreporter.write_line(f"parity max|dlogit| {label}: {value:.3g}")
 

@@ -1,15 +1,17 @@
 """Parity with upstream transformers (``transformers.ZayaForCausalLM``, eager, float32) on tiny random
 checkpoints in the Hugging Face layout: full-sequence logits, padded batches, every cached decode step and
-greedy generation."""
+greedy generation; and bfloat16, where our numerics follow upstream's op for op."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from zaya_testlib import TINY_CONFIGS, TOL, max_diff
+import zaya1
+from zaya_testlib import TINY_CONFIGS, TOL, load_hf, max_diff
 
 CONFIGS = list(TINY_CONFIGS)
+BF16_TOL = 1e-2  # measured 0 (bitwise) on these models; one rounding off per op moves logits by 0.04-1.6
 
 
 def prompts(vocab: int, lengths: list[int], seed: int) -> list[torch.Tensor]:
@@ -64,31 +66,59 @@ def test_padded_batch_logits(tiny, report, name, side):
     assert report(f"{name} {side}-padded batch", max_diff(got[valid], expected[valid])) <= TOL
 
 
+def upstream_decode_steps(hf, ids: torch.Tensor, steps: int):
+    """Upstream's prefill + cached one-token steps on its own cache, greedy: (logits per step, tokens)."""
+    out = hf(ids, use_cache=True)
+    logits, cache = [out.logits[:, -1]], out.past_key_values
+    tokens = [logits[-1].argmax(-1)]
+    for _ in range(steps - 1):
+        out = hf(tokens[-1][:, None], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        logits.append(out.logits[:, -1])
+        tokens.append(logits[-1].argmax(-1))
+    return logits, tokens
+
+
+def our_decode_steps(ours, ids: torch.Tensor, tokens: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Our prefill + decode step functions on a static state, fed the given tokens (teacher forcing)."""
+    batch, length = ids.shape
+    state = ours.new_state(max_batch=batch, max_seq=32)
+    seq_ids = torch.arange(batch)
+    logits = [ours.prefill(ids, torch.full((batch,), length), seq_ids, state)]
+    for k, token in enumerate(tokens[:-1]):
+        logits.append(ours.decode(token[:, None], torch.full((batch,), length + k), seq_ids, state))
+    return logits
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_cached_decode_steps(tiny, report, name):
     """Prefill then one-token decode steps with our static state vs upstream's own cache, step by step.
     Both are fed upstream's greedy tokens, so a near-tie cannot make the sequences diverge."""
     m = tiny(name)
     ids = torch.stack(prompts(m.config.vocab_size, [11, 11], seed=3))  # longer than any sliding window
-    steps = 8
-    out = m.hf(ids, use_cache=True)
-    hf_logits, cache = [out.logits[:, -1]], out.past_key_values
-    tokens = [hf_logits[-1].argmax(-1)]
-    for _ in range(steps - 1):
-        out = m.hf(tokens[-1][:, None], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        hf_logits.append(out.logits[:, -1])
-        tokens.append(hf_logits[-1].argmax(-1))
-
-    state = m.ours.new_state(max_batch=2, max_seq=32)
-    seq_ids = torch.arange(2)
-    ours_logits = [m.ours.prefill(ids, torch.tensor([11, 11]), seq_ids, state)]
-    for k in range(steps - 1):
-        positions = torch.full((2,), 11 + k)
-        ours_logits.append(m.ours.decode(tokens[k][:, None], positions, seq_ids, state))
-    diffs = [max_diff(o, h) for o, h in zip(ours_logits, hf_logits)]
+    expected, tokens = upstream_decode_steps(m.hf, ids, steps=8)
+    diffs = [max_diff(o, h) for o, h in zip(our_decode_steps(m.ours, ids, tokens), expected)]
     print(f"{name} per-step max|dlogit|: " + " ".join(f"{d:.2g}" for d in diffs))
     assert report(f"{name} prefill+decode steps", max(diffs)) <= TOL
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_bfloat16_matches_upstream(tiny, report, name):
+    m = tiny(name)
+    hf = load_hf(m.path, dtype=torch.bfloat16)
+    ours = zaya1.ZayaForCausalLM.from_pretrained(m.path, dtype=torch.bfloat16)
+    ids = torch.stack(prompts(m.config.vocab_size, [14, 14, 14], seed=1))
+    assert report(f"{name} bf16 full-sequence", max_diff(ours(ids).logits, hf(ids).logits)) <= BF16_TOL
+    padded, mask = pad(prompts(m.config.vocab_size, [13, 9, 5, 1], seed=2), "left")
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    valid = mask.bool()
+    diff = max_diff(ours(padded, attention_mask=mask, position_ids=positions).logits[valid],
+                    hf(padded, attention_mask=mask, position_ids=positions).logits[valid])
+    assert report(f"{name} bf16 left-padded batch", diff) <= BF16_TOL
+    ids = torch.stack(prompts(m.config.vocab_size, [11, 11], seed=3))
+    expected, tokens = upstream_decode_steps(hf, ids, steps=8)
+    diffs = [max_diff(o, h) for o, h in zip(our_decode_steps(ours, ids, tokens), expected)]
+    assert report(f"{name} bf16 prefill+decode steps", max(diffs)) <= BF16_TOL
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -109,8 +109,7 @@ def build_hf_checkpoint(directory: Path, config: transformers.ZayaConfig, seed: 
     return load_hf(directory)
 
 
-def load_hf(directory: Path, **kwargs):
+def load_hf(directory: Path, dtype: torch.dtype = torch.float32):
     model = transformers.ZayaForCausalLM.from_pretrained(directory, attn_implementation="eager",
-                                                         experts_implementation="eager", dtype=torch.float32,
-                                                         **kwargs)
+                                                         experts_implementation="eager", dtype=dtype)
     return model.eval()
