@@ -75,12 +75,12 @@ def test_generate(base, sharded):
 
 @pytest.mark.parametrize("tp", TPS)
 def test_neuron_state_dict_round_trip(base, tp):
-    """rank shards -> one Neuron state dict -> NxD's contiguous per-rank split gives back every rank shard,
-    and each shard fits its rank model's parameters exactly."""
-    cfg = base.ours.config
-    shards = rank_state_dicts(base.ours.state_dict(), cfg, tp)
+    """canonical state dict -> one Neuron state dict -> NxD's contiguous per-rank split gives back every rank
+    shard of the plan, and each shard fits its rank model's parameters exactly."""
+    cfg, state_dict = base.ours.config, base.ours.state_dict()
+    shards = rank_state_dicts(state_dict, cfg, tp)
     assert len(shards) == tp
-    neuron = neuron_state_dict(shards)
+    neuron = neuron_state_dict(state_dict, cfg, tp)
     model = zaya1.ZayaForCausalLM.from_pretrained(base.path, dtype=torch.float32, tp_degree=tp)
     rank_models = model.ranks if tp > 1 else [model]
     for rank, shard in enumerate(shards):
