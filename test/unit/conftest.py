@@ -18,11 +18,12 @@ from zaya_testlib import build_hf_checkpoint, hf_config  # noqa: E402
 _REPORT: list[tuple[str, float]] = []
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _deterministic():
+@pytest.fixture
+def inference():
+    """Seeded, without autograd: modules opt in with ``pytestmark = pytest.mark.usefixtures("inference")``."""
     torch.manual_seed(0)
-    torch.set_num_threads(2)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,8 @@ from safetensors.torch import load_file, save_file
 import zaya1
 from zaya_testlib import GOLDEN_DIR, GOLDEN_SETS, TINY_CONFIGS, TOL, max_diff
 
+pytestmark = pytest.mark.usefixtures("inference")
+
 SRC = Path(zaya1.__file__).resolve().parents[1]
 LAYOUT_DEPENDENT = {"layout", "router_norm_eps", "skip_expert_output"}
 

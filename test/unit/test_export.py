@@ -10,6 +10,8 @@ from torch.utils._pytree import tree_leaves
 
 from zaya_testlib import max_diff
 
+pytestmark = pytest.mark.usefixtures("inference")
+
 BATCH, MAX_SEQ, PREFILL = 2, 32, 16
 
 # ops whose output shape or control flow depends on tensor values
@@ -49,9 +51,10 @@ def exported(tiny):
     m = tiny("gqa8x2")
     prefill_args, decode_args = inputs(m.config.vocab_size)
     programs = {}
-    for kind, wrapper, args in (("prefill", Prefill, prefill_args), ("decode", Decode, decode_args)):
-        ep = torch.export.export(wrapper(m.ours, m.ours.new_state(BATCH, MAX_SEQ)), args)
-        programs[kind] = {"exported": ep, "core_aten": ep.run_decompositions()}
+    with torch.no_grad():
+        for kind, wrapper, args in (("prefill", Prefill, prefill_args), ("decode", Decode, decode_args)):
+            ep = torch.export.export(wrapper(m.ours, m.ours.new_state(BATCH, MAX_SEQ)), args)
+            programs[kind] = {"exported": ep, "core_aten": ep.run_decompositions()}
     return m, programs, {"prefill": prefill_args, "decode": decode_args}
 
 

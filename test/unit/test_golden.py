@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 import zaya1
 from zaya_testlib import GOLDEN_DIR, GOLDEN_SETS, TOL, max_diff
 
+pytestmark = pytest.mark.usefixtures("inference")
+
 LAYOUTS = {"original": ("", {}), "hf-layout": ("hf-layout", {"router_norm_eps": 1e-6})}
 
 

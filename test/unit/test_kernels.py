@@ -13,6 +13,8 @@ import zaya1
 from zaya1.cca import ManualConv1d
 from zaya1.moe import ZayaExperts
 
+pytestmark = pytest.mark.usefixtures("inference")
+
 
 # ---------------------------------------------------------------------------------------------- conv
 @pytest.mark.parametrize("kernel", [1, 2, 3])

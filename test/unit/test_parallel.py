@@ -12,6 +12,8 @@ import zaya1
 from zaya1.parallel import SimulatedTP, neuron_state_dict, rank_state_dicts, split_neuron_state_dict
 from zaya_testlib import TOL, max_diff
 
+pytestmark = pytest.mark.usefixtures("inference")
+
 TPS = [1, 2, 4, 8]
 VOCAB = 157
 

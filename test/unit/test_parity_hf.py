@@ -10,6 +10,8 @@ import torch
 import zaya1
 from zaya_testlib import TINY_CONFIGS, TOL, load_hf, max_diff
 
+pytestmark = pytest.mark.usefixtures("inference")
+
 CONFIGS = list(TINY_CONFIGS)
 BF16_TOL = 1e-2  # measured 0 (bitwise) on these models; one rounding off per op moves logits by 0.04-1.6
 

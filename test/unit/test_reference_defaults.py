@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 import zaya1
 from zaya_testlib import GOLDEN_DIR, GOLDEN_SETS, TOL, build_hf_checkpoint, hf_config, load_hf, max_diff
 
+pytestmark = pytest.mark.usefixtures("inference")
+
 
 # ---------------------------------------------------------------------------------------------- defaults
 @pytest.mark.parametrize("name", GOLDEN_SETS)
@@ -124,9 +126,11 @@ def skipping(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(f"skip-{request.param}")
     ids = torch.randint(3, 160, (2, 16), generator=torch.Generator().manual_seed(7))
     upstream = build_hf_checkpoint(path, hf_config("gqa8x2", num_hidden_layers=3), seed=11)
-    for i, layer in enumerate(upstream.model.layers):
-        w = {k: v.detach() for k, v in upstream.state_dict().items()}
-        layer.mlp.gate.balancing_biases[-1] = 2.0 if request.param == "all" else skip_bias_for_half(upstream, w, i, ids)
+    with torch.no_grad():
+        for i, layer in enumerate(upstream.model.layers):
+            w = upstream.state_dict()
+            layer.mlp.gate.balancing_biases[-1] = 2.0 if request.param == "all" else skip_bias_for_half(upstream, w, i,
+                                                                                                         ids)
     upstream.save_pretrained(path)
     return request.param, path, upstream, ids
 

@@ -8,6 +8,8 @@ import torch
 
 from zaya_testlib import TOL, max_diff
 
+pytestmark = pytest.mark.usefixtures("inference")
+
 NAMES = ["gqa8x2", "sliding"]
 
 
