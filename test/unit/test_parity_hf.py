@@ -141,5 +141,6 @@ def test_generate_stops_at_eos_like_upstream(tiny, name):
     free = m.hf.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
     eos = int(free[0, ids.shape[1] + 2])  # row 0's third new token
     expected = m.hf.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=eos)
+    assert (expected[0, ids.shape[1] + 3:] == m.config.pad_token_id).all()  # row 0 did stop early
     got = m.ours.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=eos)
     assert torch.equal(got, expected), (got, expected)
