@@ -25,9 +25,13 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.to(torch.float64) - b.to(torch.float64)).abs().max().item()
 
 
+# non-default values wherever upstream has a default, so that a field we failed to read shows up
+ROPE = {"hybrid": {"rope_type": "default", "rope_theta": 10_000.0, "partial_rotary_factor": 0.5},
+        "hybrid_sliding": {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5}}
 TINY_CONFIGS = {
-    # 4 query heads share 2 KV heads (2 per group), head_dim 64
-    "gqa4x2": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=64),
+    # 4 query heads share 2 KV heads (2 per group), head_dim 64, a quarter of each head rotated
+    "gqa4x2": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                   rope_parameters={t: dict(p, partial_rotary_factor=0.25) for t, p in ROPE.items()}),
     # ZAYA1's head layout: 8 query heads, 2 KV heads (4 per group)
     "gqa8x2": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2, head_dim=32),
     # sliding-window layers (window 4: the current token and 3 previous ones) between full-attention layers
@@ -37,16 +41,14 @@ TINY_CONFIGS = {
     "mha2x2": dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=32),
 }
 
-COMMON = dict(vocab_size=160, num_experts=4, moe_intermediate_size=16, router_hidden_size=16, rms_norm_eps=1e-5,
+COMMON = dict(vocab_size=160, num_experts=4, moe_intermediate_size=16, router_hidden_size=16, rms_norm_eps=2e-5,
               max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=0, bos_token_id=2,
               eos_token_id=1)
-ROPE = {"hybrid": {"rope_type": "default", "rope_theta": 10_000.0, "partial_rotary_factor": 0.5},
-        "hybrid_sliding": {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5}}
 
 
 def hf_config(name: str, **changes) -> transformers.ZayaConfig:
-    fields = dict(COMMON, rope_parameters=ROPE, **TINY_CONFIGS[name])
-    fields.update(changes)
+    fields = dict(COMMON, rope_parameters=ROPE)
+    fields.update(TINY_CONFIGS[name], **changes)
     return transformers.ZayaConfig(**fields)
 
 
