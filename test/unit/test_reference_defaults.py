@@ -81,8 +81,8 @@ def expert_by_hand(w: dict, i: int, e: int, u: torch.Tensor) -> torch.Tensor:
     return F.linear(F.silu(gate) * up, w[f"model.layers.{i}.mlp.experts.down_proj"][e])
 
 
-def moe_inputs_outputs(model, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer: the MoE block's input (normalised residual) and its output (what is merged into the residual)."""
+def moe_inputs_outputs(model, ids: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Logits, and per layer the MoE block's input (normalised residual) and output (merged into the residual)."""
     seen: list[list] = [[None, None] for _ in model.model.layers]
     hooks = []
     for i, layer in enumerate(model.model.layers):
@@ -98,20 +98,19 @@ def moe_inputs_outputs(model, ids: torch.Tensor) -> list[tuple[torch.Tensor, tor
     return logits, [tuple(s) for s in seen]
 
 
-def skip_bias_for_half(upstream, w: dict, i: int, ids: torch.Tensor) -> float:
-    """A skip-class bias that sends about half of the tokens of layer i to the skip class (with a clear
-    margin either side), computed from upstream's own router probabilities."""
+def skip_bias_for_half(upstream, i: int, ids: torch.Tensor) -> float:
+    """A skip-class bias that sends a third to two thirds of the tokens of layer i to the skip class, placed
+    in the widest gap between tokens so that no choice is a near-tie; from upstream's own router probabilities."""
     probs = []
-    hook = upstream.model.layers[i].mlp.gate.register_forward_hook(
-        lambda mod, a, out: probs.append(torch.softmax(out[0], dim=-1)))
+    gate = upstream.model.layers[i].mlp.gate
+    hook = gate.register_forward_hook(lambda mod, a, out: probs.append(torch.softmax(out[0], dim=-1)))
     try:
         upstream(ids)
     finally:
         hook.remove()
-    p = probs[0]
-    bias = w[f"model.layers.{i}.mlp.gate.balancing_biases"]
+    p, bias = probs[0], gate.balancing_biases
     gap = ((p[:, :-1] + bias[:-1]).max(-1).values - p[:, -1]).sort().values  # skip wins iff its bias > gap
-    k = len(gap) // 2
+    k = max(range(len(gap) // 3, 2 * len(gap) // 3 + 1), key=lambda j: gap[j] - gap[j - 1])
     return float(gap[k - 1] + gap[k]) / 2
 
 
@@ -127,10 +126,9 @@ def skipping(request, tmp_path_factory):
     ids = torch.randint(3, 160, (2, 16), generator=torch.Generator().manual_seed(7))
     upstream = build_hf_checkpoint(path, hf_config("gqa8x2", num_hidden_layers=3), seed=11)
     with torch.no_grad():
-        for i, layer in enumerate(upstream.model.layers):
-            w = upstream.state_dict()
-            layer.mlp.gate.balancing_biases[-1] = 2.0 if request.param == "all" else skip_bias_for_half(upstream, w, i,
-                                                                                                         ids)
+        for i, layer in enumerate(upstream.model.layers):  # in order: each layer's choices move later inputs
+            bias = 2.0 if request.param == "all" else skip_bias_for_half(upstream, i, ids)
+            layer.mlp.gate.balancing_biases[-1] = bias
     upstream.save_pretrained(path)
     return request.param, path, upstream, ids
 
