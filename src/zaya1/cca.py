@@ -30,7 +30,8 @@ from .config import SLIDING, ZayaConfig
 class ManualConv1d(nn.Module):
     """``nn.Conv1d(channels, channels, kernel_size, groups=groups, padding=0)`` with elementwise ops and a
     batched matmul (no convolution primitive: NxD / neuronx-cc handle these at any sequence length).
-    The parameters have nn.Conv1d's layout: weight [channels, channels // groups, kernel_size], bias [channels]."""
+    The parameters have nn.Conv1d's layout: weight [channels, channels // groups, kernel_size], bias [channels].
+    Like nn.Conv1d's bf16 / fp16 kernels, it accumulates (bias included) in fp32 and rounds once to x's dtype."""
 
     def __init__(self, channels: int, kernel_size: int, groups: int, bias: bool = True):
         super().__init__()
@@ -41,18 +42,21 @@ class ManualConv1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T] -> [B, C, T - K + 1]
         batch, channels, time = x.shape
         out_len = time - self.kernel_size + 1
-        taps = [x[..., k:k + out_len] for k in range(self.kernel_size)]
-        if self.weight.shape[1] == 1:  # depthwise
-            out = sum(self.weight[:, 0, k, None] * tap for k, tap in enumerate(taps))
+        w = self.weight.to(torch.float32)
+        taps = [x[..., k:k + out_len].to(torch.float32) for k in range(self.kernel_size)]
+        if w.shape[1] == 1:  # depthwise
+            out = sum(w[:, 0, k, None] * tap for k, tap in enumerate(taps))
         else:
             group_size = channels // self.groups
             # stack taps on the input-channel axis: [B, G, K * Cg, T'] x [G, Cg, K * Cg]
             stacked = torch.stack(taps, dim=2).view(batch, self.groups, group_size, self.kernel_size, out_len)
             stacked = stacked.transpose(2, 3).reshape(batch, self.groups, self.kernel_size * group_size, out_len)
-            weight = self.weight.view(self.groups, group_size, group_size, self.kernel_size)
-            weight = weight.permute(0, 1, 3, 2).reshape(self.groups, group_size, self.kernel_size * group_size)
-            out = torch.matmul(weight, stacked).view(batch, channels, out_len)
-        return out if self.bias is None else out + self.bias[:, None]
+            w = w.view(self.groups, group_size, group_size, self.kernel_size)
+            w = w.permute(0, 1, 3, 2).reshape(self.groups, group_size, self.kernel_size * group_size)
+            out = torch.matmul(w, stacked).view(batch, channels, out_len)
+        if self.bias is not None:
+            out = out + self.bias.to(torch.float32)[:, None]
+        return out.to(x.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ the checkpoint. Nothing is unpickled and no code from the checkpoint runs: only 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from .errors import CheckpointError, CheckpointNotFoundError
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 _FLOAT_STORAGE = {"F64", "F32", "F16", "BF16"}
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 # keys some exporters add that carry nothing we need
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq")
 
@@ -191,6 +193,24 @@ def _open(file: Path):
                               f"or corrupt: download it again.") from None
 
 
+def _runs(file: Path, keys: list[str]) -> list[list[str]]:
+    """``keys`` of ``file`` in runs of at most the largest tensor's bytes. The pages of a memory-mapped file
+    count as resident memory until it is closed, so reading each run through its own mapping keeps the peak
+    near one model plus one tensor instead of one model plus the whole file."""
+    with _open(file) as f:
+        held = set(f.keys())  # a key the file lacks is reported when it is read
+        slices = [f.get_slice(key) if key in held else None for key in keys]
+        sizes = [0 if s is None else math.prod(s.get_shape()) * _ITEM_BYTES.get(s.get_dtype(), 8) for s in slices]
+    budget, runs, run_bytes = max(sizes), [], 0
+    for key, size in zip(keys, sizes):
+        if not runs or run_bytes + size > budget:
+            runs.append([])
+            run_bytes = 0
+        runs[-1].append(key)
+        run_bytes += size
+    return runs
+
+
 def _summarise(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
@@ -227,12 +247,13 @@ def load_into(model: torch.nn.Module, cfg: ZayaConfig, path: str | Path, check_f
     by_file: dict[Path, list[str]] = {}
     for key in table:
         by_file.setdefault(files[key], []).append(key)
+    runs = [(file, run) for file, keys in by_file.items() for run in _runs(file, keys)]
     from tqdm.auto import tqdm
 
     with tqdm(total=len(table), desc="loading weights", unit="tensor", disable=len(table) < 200) as bar:
-        for file, keys in by_file.items():
+        for file, run in runs:
             with _open(file) as f:
-                for key in keys:
+                for key in run:
                     target, index = table[key]
                     dest = params[target].data if index is None else params[target].data[index]
                     try:

@@ -1,0 +1,117 @@
+"""Test support: tolerances, golden-set paths, and tiny random ZAYA1 checkpoints in the upstream Hugging Face
+layout, built with ``transformers`` itself.
+
+Every parameter gets a non-default random value (the distributions of the golden sets' README), so a test
+that compares our implementation with upstream fails on any mistake in any weight's role. The router
+down-projection is scaled to give router states of RMS ~0.05-0.1, so routing is non-trivial and the router
+norm's epsilon matters.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import transformers
+
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "data" / "golden"
+GOLDEN_SETS = ("zaya1-original-tiny", "zaya1-original-gqa")
+TOL = 1e-4  # max |dlogit| in float32, against upstream transformers or the golden data
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a.to(torch.float64) - b.to(torch.float64)).abs().max().item()
+
+
+# non-default values wherever upstream has a default, so that a field we failed to read shows up
+ROPE = {"hybrid": {"rope_type": "default", "rope_theta": 10_000.0, "partial_rotary_factor": 0.5},
+        "hybrid_sliding": {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5}}
+TINY_CONFIGS = {
+    # 4 query heads share 2 KV heads (2 per group), head_dim 64, a quarter of each head rotated
+    "gqa4x2": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                   rope_parameters={t: dict(p, partial_rotary_factor=0.25) for t, p in ROPE.items()}),
+    # ZAYA1's head layout: 8 query heads, 2 KV heads (4 per group)
+    "gqa8x2": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2, head_dim=32),
+    # sliding-window layers (window 4: the current token and 3 previous ones) between full-attention layers
+    "sliding": dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                    layer_types=["hybrid_sliding", "hybrid", "hybrid_sliding"], sliding_window=4),
+    # one query head per KV head
+    "mha2x2": dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=32),
+}
+
+COMMON = dict(vocab_size=160, num_experts=4, moe_intermediate_size=16, router_hidden_size=16, rms_norm_eps=2e-5,
+              max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=0, bos_token_id=2,
+              eos_token_id=1)
+
+
+def hf_config(name: str, **changes) -> transformers.ZayaConfig:
+    fields = dict(COMMON, rope_parameters=ROPE)
+    fields.update(TINY_CONFIGS[name], **changes)
+    return transformers.ZayaConfig(**fields)
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, seed: int, router_state_rms: float = 0.07) -> None:
+    """Give every parameter and buffer of an upstream ZayaForCausalLM a non-default random value."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def normal(t, std):
+        t.copy_(torch.randn(t.shape, generator=gen) * std)
+
+    def uniform(t, lo, hi):
+        t.copy_(lo + (hi - lo) * torch.rand(t.shape, generator=gen))
+
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if name.endswith("embed_tokens.weight"):
+            normal(p, 0.2)
+        elif name == "lm_head.weight":
+            continue  # tied to the embedding
+        elif "gate.down_proj.weight" in name:
+            normal(p, router_state_rms / math.sqrt(p.shape[1]))
+        elif "gate.down_proj.bias" in name:
+            normal(p, router_state_rms / 2)
+        elif "conv_qk_depthwise.weight" in name:
+            normal(p, 0.5)
+        elif "conv_qk_grouped.weight" in name:
+            normal(p, 1 / math.sqrt(p.shape[1] * p.shape[2]))
+        elif "conv_qk" in name and leaf == "bias":
+            normal(p, 0.1)
+        elif name.endswith("qk_norm.temp"):
+            uniform(p, 0.5, 2.5)
+        elif name.endswith("router_states_scale"):
+            uniform(p, 0.5, 1.5)
+        elif leaf in ("hidden_states_bias", "residual_bias") or name.endswith("input_hidden_states_bias"):
+            normal(p, 0.05)
+        elif p.dim() == 1 and (leaf == "weight" or leaf.endswith("scale")):
+            uniform(p, 0.6, 1.4)  # RMSNorm weights, residual scales, input_hidden_states_scale
+        elif leaf == "bias":
+            normal(p, 0.05)  # router MLP biases
+        elif name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj"):
+            normal(p, 1 / math.sqrt(p.shape[2]))
+        elif p.dim() == 2:
+            normal(p, 1 / math.sqrt(p.shape[1]))
+        else:
+            raise AssertionError(f"no random rule for parameter {name}")
+    for name, b in model.named_buffers():
+        if name.endswith("balancing_biases"):
+            uniform(b, -0.05, 0.05)
+            b[-1] = -1.0  # the skip class keeps its initial bias (it is never chosen)
+
+
+def build_hf_checkpoint(directory: Path, config: transformers.ZayaConfig, seed: int):
+    """Save a random upstream model to ``directory`` (safetensors) and return it reloaded from there, eager,
+    float32: the reference every parity test compares with."""
+    model = transformers.ZayaForCausalLM._from_config(config, attn_implementation="eager",
+                                                      experts_implementation="eager", dtype=torch.float32)
+    randomize_(model, seed)
+    model.save_pretrained(directory)
+    return load_hf(directory)
+
+
+def load_hf(directory: Path, dtype: torch.dtype = torch.float32):
+    model = transformers.ZayaForCausalLM.from_pretrained(directory, attn_implementation="eager",
+                                                         experts_implementation="eager", dtype=dtype)
+    return model.eval()
