@@ -102,7 +102,7 @@ class ZayaExperts(nn.Module):
         tokens, hidden = x.shape
         block, num_experts = self.block_size, self.num_experts
         num_blocks = tokens // block + min(num_experts, tokens)  # static bound on the blocks in use
-        onehot = F.one_hot(expert, num_experts)  # [T, E]
+        onehot = (expert[:, None] == torch.arange(num_experts, device=x.device)).to(torch.long)  # [T, E], no checks
         padded = (onehot.sum(0) + block - 1) // block * block  # each expert's rows, whole blocks
         group_end = torch.cumsum(padded, 0)
         rank_in_group = (torch.cumsum(onehot, 0) * onehot).sum(-1) - 1  # earlier tokens of the same expert
