@@ -17,6 +17,7 @@ from torch import nn
 
 from .cca import CCAttention, gather_state, rope_cos_sin
 from .config import SLIDING, ZayaConfig
+from .kernels import Linear, linear
 from .moe import RMSNorm, ZayaMoE
 from .parallel import AttentionShard, LocalComm, padded_vocab
 
@@ -211,9 +212,10 @@ class ZayaForCausalLM(nn.Module):
         self.model = ZayaModel(config, comm)
         self.comm = self.model.comm
         # the lm_head is the (vocab-split) embedding when tied; logits of padded vocab rows are dropped
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
+        self.lm_head = None if config.tie_word_embeddings else Linear(
             config.hidden_size, self.model.embed_tokens.weight.shape[0], bias=False)
         self.dispatch = "grouped"  # eager prefill dispatch; tracing/export uses "blockwise"
+        self._compiled_step = self._compiled_decode = None  # see compile_decode
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -237,7 +239,7 @@ class ZayaForCausalLM(nn.Module):
     # ------------------------------------------------------------------ pieces
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        logits = self.comm.all_gather(F.linear(hidden, weight), dim=-1)
+        logits = self.comm.all_gather(linear(hidden, weight), dim=-1)
         return logits[..., :self.config.vocab_size].to(torch.float32)
 
     def new_state(self, max_batch: int, max_seq: int) -> ZayaState:
@@ -285,8 +287,20 @@ class ZayaForCausalLM(nn.Module):
                state: ZayaState, kv_len: int | None = None) -> torch.Tensor:
         """Token generation. input_ids [B, 1] at positions [B] into cache rows seq_ids [B]. Attends to the
         first ``kv_len`` cache positions (a static bucket > max(positions); default max_seq) and returns
-        logits [B, V]."""
-        kv_len = kv_len or state.max_seq
+        logits [B, V]. Runs the torch.compile'd step after ``compile_decode()``."""
+        step = self._compiled_decode if self._compiled_decode is not None else self._decode
+        return step(input_ids, positions, seq_ids, state, kv_len or state.max_seq)
+
+    def compile_decode(self, enable: bool = True) -> "ZayaForCausalLM":
+        """Run ``decode`` through torch.compile (inductor), or back in eager mode with ``enable=False``. The
+        compiled step is built once and reused; each new batch size or kv_len bucket compiles once more.
+        Optional: eager decode gives the same results."""
+        if enable and self._compiled_step is None:
+            self._compiled_step = torch.compile(self._decode, dynamic=False)
+        self._compiled_decode = self._compiled_step if enable else None
+        return self
+
+    def _decode(self, input_ids, positions, seq_ids, state: ZayaState, kv_len: int) -> torch.Tensor:
         layers = range(self.config.num_hidden_layers)
         past_kv = [(state.keys[i, seq_ids, :, :kv_len], state.values[i, seq_ids, :, :kv_len]) for i in layers]
         hidden, steps = self.model.decode(input_ids, positions, past_kv,
