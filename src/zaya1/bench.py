@@ -37,6 +37,7 @@ import torch
 
 from .config import ZayaConfig
 
+SYNTHETIC_VERSION = 2  # bump when write_synthetic_checkpoint changes the weights
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -63,10 +64,13 @@ def write_synthetic_checkpoint(path: str | Path, layers: int = 2, seed: int = 0)
     """Write a random ZAYA1 (real widths, bf16, HF layout: one safetensors shard per layer plus an index).
 
     Scales: linear weights ~ N(0, 1/fan_in), norms and residual scales ~ U(0.9, 1.1), small biases, tied
-    embedding ~ N(0, 0.05^2) (logits of a few units). The router MLP is scaled so that its logits spread over
-    a few units: top-1 choices then cover all 16 experts (roughly uniformly over tokens) with route weights
-    well below 1, as a trained router does. Balancing biases are 0 for the experts and -1 for the skip class
-    (transformers' initial values), so the skip class is never chosen. ``seed`` fixes every value."""
+    embedding ~ N(0, 0.05^2) (logits of a few units) with an input scale of ~20 (a residual stream of RMS ~1,
+    so that tokens differ more than the attention output they share). The router MLP's fc2 and out_proj rows
+    have zero mean, which removes the offset GELU's positive mean would give every token alike: top-1
+    choices then spread over the 16 experts (all or nearly all used by a 128-token prompt, the busiest with
+    ~15% of the tokens) with route weights well below 1, as a trained, balanced router's do. Balancing biases
+    are 0 for the experts and -1 for the skip class (transformers' initial values), so the skip class is
+    never chosen. ``seed`` fixes every value."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -89,6 +93,10 @@ def write_synthetic_checkpoint(path: str | Path, layers: int = 2, seed: int = 0)
     def near_one(*shape) -> torch.Tensor:
         return (0.9 + 0.2 * torch.rand(shape, generator=gen)).to(torch.bfloat16)
 
+    def centred(rows: int, cols: int, std: float) -> torch.Tensor:
+        w = torch.randn(rows, cols, generator=gen) * std
+        return (w - w.mean(dim=1, keepdim=True)).to(torch.bfloat16)
+
     weight_map: dict[str, str] = {}
 
     def save(tensors: dict, name: str) -> None:
@@ -96,7 +104,7 @@ def write_synthetic_checkpoint(path: str | Path, layers: int = 2, seed: int = 0)
         weight_map.update(dict.fromkeys(tensors, name))
 
     save({"model.embed_tokens.weight": normal(vocab, hidden, std=0.05),
-          "model.input_hidden_states_scale": near_one(hidden),
+          "model.input_hidden_states_scale": near_one(hidden) * 20,
           "model.input_hidden_states_bias": normal(hidden, std=0.01),
           "model.norm.weight": near_one(hidden)}, "model-embed.safetensors")
     for i in range(layers):
@@ -119,9 +127,9 @@ def write_synthetic_checkpoint(path: str | Path, layers: int = 2, seed: int = 0)
              gate + "router_mlp.norm.weight": near_one(router),
              gate + "router_mlp.fc1.weight": normal(router, router, std=2 * router ** -0.5),
              gate + "router_mlp.fc1.bias": normal(router, std=0.02),
-             gate + "router_mlp.fc2.weight": normal(router, router, std=2 * router ** -0.5),
+             gate + "router_mlp.fc2.weight": centred(router, router, std=2 * router ** -0.5),
              gate + "router_mlp.fc2.bias": normal(router, std=0.02),
-             gate + "router_mlp.out_proj.weight": normal(experts + 1, router, std=2 * router ** -0.5),
+             gate + "router_mlp.out_proj.weight": centred(experts + 1, router, std=2 * router ** -0.5),
              gate + "balancing_biases": torch.cat([torch.zeros(experts), torch.tensor([-1.0])]),
              p + "mlp.experts.gate_up_proj": normal(experts, 2 * inter, hidden, std=hidden ** -0.5),
              p + "mlp.experts.down_proj": normal(experts, hidden, inter, std=inter ** -0.5)}
@@ -135,14 +143,14 @@ def write_synthetic_checkpoint(path: str | Path, layers: int = 2, seed: int = 0)
         save(t, f"model-layer-{i:03d}.safetensors")
     (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     (path / "config.json").write_text(json.dumps(cfg, indent=1))
-    (path / "synthetic.json").write_text(json.dumps({"layers": layers, "seed": seed, "version": 1}))
+    (path / "synthetic.json").write_text(json.dumps({"layers": layers, "seed": seed, "version": SYNTHETIC_VERSION}))
     return path
 
 
 def synthetic_checkpoint(cache_dir: str | None, layers: int, seed: int) -> tuple[Path, object]:
     """(checkpoint dir, TemporaryDirectory to keep alive or None). A ``cache_dir`` holding the same synthetic
     model is reused; otherwise the model is written there (or into a temporary directory)."""
-    marker = {"layers": layers, "seed": seed, "version": 1}
+    marker = {"layers": layers, "seed": seed, "version": SYNTHETIC_VERSION}
     if cache_dir:
         path = Path(cache_dir)
         if (path / "synthetic.json").is_file() and json.loads((path / "synthetic.json").read_text()) == marker:
@@ -197,6 +205,29 @@ def measure_bandwidth(nbytes: int = 1 << 30, repeats: int = 5, device: str = "cp
     return {"copy_gbs": 2 * nbytes / copy / 1e9, "read_gbs": nbytes / read / 1e9}
 
 
+def measure_matmul_peak(size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """fp32 GEMM throughput (GFLOP/s) of a size^3 product, median of ``repeats``: the compute ceiling used for
+    the prefill floor (on CPUs without native bf16, fp32 sgemm is the fastest matmul there is)."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    torch.mm(a, b)
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        times.append(time.perf_counter() - start)
+    return 2 * size ** 3 / statistics.median(times) / 1e9
+
+
+def load_average() -> float | None:
+    with contextlib.suppress(OSError, AttributeError):
+        return os.getloadavg()[0]
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- roofline
 def expected_distinct_experts(num_experts: int, tokens: int) -> float:
     """Distinct experts hit by ``tokens`` top-1 tokens routed uniformly at random: E (1 - (1 - 1/E)^T)
@@ -230,6 +261,24 @@ def decode_bytes(cfg: ZayaConfig, batch: int, context: int, itemsize: int) -> di
     }
     parts["total"] = sum(parts.values())
     return parts
+
+
+def prefill_floor(cfg: ZayaConfig, batch: int, tokens: int, itemsize: int, read_gbs: float,
+                  gflops: float) -> dict:
+    """Lower bound on TTFT (seconds) of ``batch`` prompts of ``tokens``: the weights read once (the experts
+    that ``batch * tokens`` uniformly routed tokens reach, the lm_head once for the last tokens) at the read
+    bandwidth, or the matmul FLOPs at ``gflops``, whichever is larger (perfect overlap of the two)."""
+    h, d, layers = cfg.hidden_size, cfg.head_dim, cfg.num_hidden_layers
+    nq, nkv, r = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.router_hidden_size
+    channels = (nq + nkv) * d
+    per_token = layers * (h * (nq + 2 * nkv) * d + nq * d * h + channels * d * cfg.cca_time1  # projections, conv
+                          + h * r + 2 * r * r + r * cfg.num_router_classes  # router
+                          + 3 * h * cfg.moe_intermediate_size)  # one expert
+    attention_core = layers * 2 * nq * d * tokens * (tokens + 1) // 2  # causal scores and weighted values
+    flops = 2 * (batch * tokens * per_token + batch * attention_core + batch * cfg.vocab_size * h)
+    weights = decode_bytes(cfg, batch * tokens, 0, itemsize)
+    read = weights["total"] - weights["embedding"] - weights["state"]
+    return {"bytes": read, "flops": flops, "seconds": max(read / (read_gbs * 1e9), flops / (gflops * 1e9))}
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -459,8 +508,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", default="1,4,8", help="decode batch sizes (default 1,4,8)")
     p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per decode run (default 16)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per figure, median reported (default 3)")
-    p.add_argument("--compile", choices=("off", "on", "both"), default="off",
-                   help="zaya1 decode step: eager (off), torch.compile'd (on), or both side by side")
+    p.add_argument("--compile", choices=("off", "on", "both"), default="both",
+                   help="zaya1 decode step: eager (off), torch.compile'd (on), or both side by side (default)")
     p.add_argument("--no-hf", action="store_true", help="zaya1 only (no transformers comparison)")
     p.add_argument("--hf-attn", default="sdpa", choices=("sdpa", "eager"),
                    help="transformers attention implementation (default sdpa, its default and fastest on CPU)")
@@ -544,9 +593,14 @@ def _bench_backend(args, backend, path, cfg, dtype, prompt_lens, batches) -> Tab
 
     device = "cuda" if backend == "cuda" else "cpu"
     table = Table(backend)
+    load = load_average()
+    if load is not None:
+        busy = " (other processes are using the CPU: expect noisy timings)" if load > 0.5 else ""
+        print(f"\n[{backend}] 1-minute load average before the run: {load:.2f}{busy}")
     bw = measure_bandwidth(args.bandwidth_mb << 20, device=device)
-    print(f"\n[{backend}] memory bandwidth ({args.bandwidth_mb} MB tensor, median of 5): copy "
-          f"{bw['copy_gbs']:.1f} GB/s (read + write), read {bw['read_gbs']:.1f} GB/s")
+    bw["gflops"] = measure_matmul_peak(device=device)
+    print(f"[{backend}] memory bandwidth ({args.bandwidth_mb} MB tensor, median of 5): copy {bw['copy_gbs']:.1f} GB/s "
+          f"(read + write), read {bw['read_gbs']:.1f} GB/s; fp32 GEMM (2048^3) {bw['gflops']:.0f} GFLOP/s")
 
     runners: dict[str, Runner] = {}
     if backend == "neuron":
@@ -558,6 +612,8 @@ def _bench_backend(args, backend, path, cfg, dtype, prompt_lens, batches) -> Tab
         for compiled in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
             runner = ZayaRunner(model, device, compiled)
             runners[runner.name] = runner
+        print(f"[{backend}] routing of a {prompt_lens[0]}-token prompt (zaya1's router): "
+              + "; ".join(routing_summary(model, prompt_lens[0], cfg.vocab_size, args.seed)))
     hf = None
     if not args.no_hf and backend != "neuron":
         hf = HFRunner(path, dtype, device, args.hf_attn, args.hf_experts)
@@ -581,7 +637,29 @@ def _bench_backend(args, backend, path, cfg, dtype, prompt_lens, batches) -> Tab
                     if rep:
                         results.setdefault((name, batch, prompt_len), []).append(result)
                     bar.update()
+    if load is not None:
+        print(f"[{backend}] 1-minute load average after the run: {load_average():.2f}")
     return _report(args, backend, table, cfg, dtype, bw, runners, hf, results, prompt_lens, batches)
+
+
+def routing_summary(model, prompt_len: int, vocab: int, seed: int) -> list[str]:
+    """Per layer: how many experts a random prompt's tokens choose, the busiest expert's share, skips."""
+    counts = []
+
+    def hook(router, inputs, output):
+        counts.append(torch.bincount(output[0].flatten().cpu(), minlength=router.num_experts + 1))
+
+    hooks = [layer.mlp.router.register_forward_hook(hook) for layer in model.model.layers]
+    ids = torch.randint(3, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(seed)).to(model.device)
+    try:
+        with torch.inference_mode():
+            model.prefill(ids, torch.tensor([prompt_len], device=model.device), torch.zeros(1, dtype=torch.long,
+                          device=model.device), model.new_state(1, prompt_len))
+    finally:
+        for h in hooks:
+            h.remove()
+    return [f"layer {i}: {int((c[:-1] > 0).sum())}/{len(c) - 1} experts, busiest {c[:-1].max() / c.sum():.0%}, "
+            f"skip {int(c[-1])}" for i, c in enumerate(counts)]
 
 
 def _param_bytes(model) -> int:
@@ -595,38 +673,35 @@ def _param_bytes(model) -> int:
 
 def _report(args, backend, table, cfg, dtype, bw, runners, hf, results, prompt_lens, batches) -> Table:
     itemsize = torch.empty((), dtype=dtype).element_size()
-    mb = 1 / 2 ** 20
+    mb, p0 = 1 / 2 ** 20, prompt_lens[0]
 
-    def med(name, batch, prompt_len, attr):
-        return _median([getattr(r, attr) for r in results.get((name, batch, prompt_len), [])])
+    def med(names, batch, prompt_len, attr):
+        return _median([getattr(r, attr) for n in names for r in results.get((n, batch, prompt_len), [])])
 
-    for name, zaya in runners.items():
+    hf_names = ["hf"] if hf else []
+    # prefill is the same eager code in every zaya1 variant: their TTFT samples are pooled
+    for batch, prompt_len in [(1, p) for p in prompt_lens] + [(b, p0) for b in batches if b != 1]:
+        z, h = med(runners, batch, prompt_len, "ttft"), med(hf_names, batch, prompt_len, "ttft")
+        floor = prefill_floor(cfg, batch, prompt_len, itemsize, bw["read_gbs"], bw["gflops"])["seconds"]
+        table.add("ttft", batch, prompt_len, z * 1e3, h * 1e3 if h else None, "ms", higher_is_better=False)
+        table.add("ttft_roofline", batch, prompt_len, floor / z, floor / h if h else None, "fraction",
+                  higher_is_better=True)
+    for name in runners:
         tag = "" if name == "zaya1" else f"[{name.split('+', 1)[1]}]"
-        for prompt_len in prompt_lens:
-            z, h = med(name, 1, prompt_len, "ttft"), med("hf", 1, prompt_len, "ttft") if hf else None
-            table.add(f"ttft{tag}", 1, prompt_len, z * 1e3, h * 1e3 if h else None, "ms", higher_is_better=False)
-        p0 = prompt_lens[0]
         for batch in batches:
-            if batch != 1:
-                z, h = med(name, batch, p0, "ttft"), med("hf", batch, p0, "ttft") if hf else None
-                table.add(f"ttft{tag}", batch, p0, z * 1e3, h * 1e3 if h else None, "ms", higher_is_better=False)
-        for batch in batches:
-            z, h = med(name, batch, p0, "decode"), med("hf", batch, p0, "decode") if hf else None
+            z, h = med([name], batch, p0, "decode"), med(hf_names, batch, p0, "decode")
+            need = decode_bytes(cfg, batch, p0 + args.new_tokens // 2, itemsize)["total"]  # mean context
+            floor = need / (bw["read_gbs"] * 1e9)  # seconds per step at the read bandwidth
             table.add(f"decode{tag}", batch, p0, batch / z if z else None, batch / h if h else None, "tok/s",
                       higher_is_better=True)
-        for batch in batches:
-            context = p0 + args.new_tokens // 2  # mean context over the decode steps
-            need = decode_bytes(cfg, batch, context, itemsize)["total"]
-            z, h = med(name, batch, p0, "decode"), med("hf", batch, p0, "decode") if hf else None
-            floor = need / (bw["read_gbs"] * 1e9)  # seconds per step at the read bandwidth
-            table.add(f"roofline{tag}", batch, p0, floor / z if z else None, floor / h if h else None,
+            table.add(f"decode_roofline{tag}", batch, p0, floor / z if z else None, floor / h if h else None,
                       "fraction", higher_is_better=True)
-        for batch in batches:
-            key = "peak_device" if backend == "cuda" else "peak_rss"
-            z = max((getattr(r, key) or 0 for r in results.get((name, batch, p0), [])), default=None)
-            h = max((getattr(r, key) or 0 for r in results.get(("hf", batch, p0), [])), default=None) if hf else None
-            table.add(f"{'device_mem' if backend == 'cuda' else 'peak_rss'}{tag}", batch, p0, z * mb,
-                      h * mb if h is not None else None, "MiB above pre-run", higher_is_better=False)
+    key = "peak_device" if backend == "cuda" else "peak_rss"
+    for batch in batches:
+        z = max((getattr(r, key) or 0 for n in runners for r in results.get((n, batch, p0), [])), default=0)
+        h = max((getattr(r, key) or 0 for r in results.get(("hf", batch, p0), [])), default=0) if hf else None
+        table.add("device_mem" if backend == "cuda" else "peak_rss", batch, p0, z * mb,
+                  h * mb if h is not None else None, "MiB above pre-run", higher_is_better=False)
 
     zaya = next(iter(runners.values()))
     table.add("weights", None, None, _param_bytes(zaya.model) * mb if backend != "neuron" else None,
@@ -636,27 +711,33 @@ def _report(args, backend, table, cfg, dtype, bw, runners, hf, results, prompt_l
     table.add("state_per_token", None, None, z_tok, h_tok, "bytes", higher_is_better=False)
     table.add("state_per_sequence", None, None, z_seq, h_seq, "bytes", higher_is_better=False)
     for batch in batches:
-        need = decode_bytes(cfg, batch, prompt_lens[0] + args.new_tokens // 2, itemsize)
-        table.add("decode_bytes_per_step", batch, prompt_lens[0], need["total"] * mb, None, "MiB")
+        need = decode_bytes(cfg, batch, p0 + args.new_tokens // 2, itemsize)["total"]
+        table.add("decode_bytes_per_step", batch, p0, need * mb, None, "MiB")
+    for batch, prompt_len in [(1, p) for p in prompt_lens]:
+        floor = prefill_floor(cfg, batch, prompt_len, itemsize, bw["read_gbs"], bw["gflops"])
+        table.add("ttft_floor", batch, prompt_len, floor["seconds"] * 1e3, None, "ms")
     table.add("bandwidth_read", None, None, bw["read_gbs"], None, "GB/s")
     table.add("bandwidth_copy", None, None, bw["copy_gbs"], None, "GB/s")
+    table.add("fp32_gemm", None, None, bw["gflops"], None, "GFLOP/s")
 
     print(f"\n[{backend}] {cfg.num_hidden_layers} layers, {args.dtype}; medians of {args.repeats} runs after a "
           f"warm-up; decode = {args.new_tokens} new tokens (tok/s over the steps after the first token); "
-          f"ratio = zaya1/hf, speedup > 1 = zaya1 better")
+          f"ratio = zaya1/hf, speedup > 1 = zaya1 better; [compile] = zaya1 with compile_decode()")
     print(table.render())
-    print(f"roofline: bytes per decode step (weights read once per step: lm_head, attention, router, norms, "
-          f"E(1-(1-1/E)^b) distinct experts per layer for uniform top-1 routing, plus KV cache and state) / "
-          f"measured read bandwidth {bw['read_gbs']:.1f} GB/s")
+    print(f"decode_roofline: bytes one decode step must read (lm_head, attention, router, norms, E(1-(1-1/E)^b) "
+          f"distinct experts per layer for uniform top-1 routing, KV cache, state) at the measured read bandwidth "
+          f"{bw['read_gbs']:.1f} GB/s, divided by the measured step time.")
+    print(f"ttft_roofline: ttft_floor = max(weights read once at {bw['read_gbs']:.1f} GB/s, matmul FLOPs at "
+          f"{bw['gflops']:.0f} GFLOP/s) divided by the measured TTFT.")
     if hf:
         for batch in batches:
-            z = results.get((next(iter(runners)), batch, prompt_lens[0]), [])
-            h = results.get(("hf", batch, prompt_lens[0]), [])
+            z = results.get((next(iter(runners)), batch, p0), [])
+            h = results.get(("hf", batch, p0), [])
             if z and h:
                 same = (z[0].tokens == h[0].tokens).all(dim=1).sum().item()
                 first = (z[0].tokens[:, 0] == h[0].tokens[:, 0]).sum().item()
                 print(f"greedy tokens vs transformers, batch {batch}: first token equal in {first}/{batch} "
-                      f"sequences, all {args.new_tokens} equal in {same}/{batch}")
+                      f"sequences, all {args.new_tokens} equal in {same}/{batch} (bf16 kernels differ in rounding)")
     return table
 
 

@@ -1,20 +1,22 @@
 """bf16 matrix products for x86 CPUs without native bf16 arithmetic (no AVX512_BF16 / AMX), where
-``F.linear`` on bf16 runs oneDNN's emulated kernel: ~25 GFLOP/s at prefill sizes and a fraction of the
-memory bandwidth at decode sizes (a 4-row product over the 1 GB lm_head reads ~2 GB/s).
+``F.linear`` on bf16 runs oneDNN's emulated kernel: ~25 GFLOP/s at prefill sizes and, at decode sizes, a
+fraction of the memory bandwidth (a 4-row product over the 1 GB lm_head streams ~3 GB/s).
 
-``linear(x, weight)`` keeps F.linear's semantics (bf16 inputs, fp32 accumulation, one rounding of the result
-to bf16) and picks the product by the number of rows M of ``x``:
+``linear(x, weight)`` keeps F.linear's semantics (bf16 inputs, fp32 accumulation, one rounding of the
+result to bf16) and picks the product by the number of rows M of ``x`` (``matmul``):
 
 * M < ``FP32_MIN_ROWS`` (decode): one ``torch.mv`` per row, PyTorch's vectorised bf16 GEMV with fp32
-  accumulation, which streams the weight at close to the memory bandwidth.
-* otherwise (prefill): the weight is widened to fp32 in blocks of ``BLOCK_ELEMENTS`` (a per-thread workspace
-  that stays in cache) and multiplied with fp32 sgemm, ~4x the throughput of the emulated bf16 GEMM.
-* under torch.compile (decode step): a multiply-and-sum reduction that inductor turns into one fused kernel
-  reading every weight row once for all M rows.
+  accumulation, which streams the weight at the memory bandwidth.
+* otherwise (prefill): the weight is widened to fp32 in blocks of ``BLOCK_ELEMENTS`` (a per-thread
+  workspace that stays in cache) and multiplied with fp32 sgemm, 3-4x the emulated bf16 GEMM.
+* under torch.compile (the decode step), 2 <= M <= ``FUSED_MAX_ROWS``: one multiply-and-sum per row over
+  the same weight (``fused_rows_matmul``), which inductor fuses into a single kernel that reads and widens
+  each weight element once for all rows. M = 1 and larger M call ``matmul`` as the opaque custom op
+  ``zaya1::cpu_bf16_matmul`` (inductor would otherwise lower mv to a slower reduction of its own).
 
-Only the accumulation order differs from F.linear, so results agree to the last bf16 bit except for rare
-rounding ties. Every other case (fp32 and fp16 weights, other devices, CPUs with native bf16, tracing for
-Neuron, a bias) is plain F.linear, so float32 results are bit-identical to the reference path.
+Only the accumulation order differs from F.linear, so results agree with it to about one bf16 rounding.
+Every other case (fp32 and fp16 weights, other devices, CPUs with native bf16, tracing for Neuron, a bias)
+is plain F.linear, so float32 results are bit-identical to the reference path.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 FP32_MIN_ROWS = 6
-REDUCTION_MAX_ROWS = 16  # under torch.compile: larger products go to F.linear
+FUSED_MAX_ROWS = 16
 BLOCK_ELEMENTS = 1 << 20  # 4 MB of fp32 weight per sgemm block
 _workspace = threading.local()  # simulated tensor parallelism runs ranks in threads
 
@@ -57,27 +59,52 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if bias is not None or not use_cpu_bf16_kernels(x, weight):
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])  # [M, K]
-    if torch.compiler.is_compiling():
-        out = reduction_matmul(rows, weight) if rows.shape[0] <= REDUCTION_MAX_ROWS else F.linear(rows, weight)
-    elif rows.shape[0] < FP32_MIN_ROWS:
-        out = rows.new_empty(rows.shape[0], weight.shape[0])
-        for row, dest in zip(rows, out):
-            torch.mv(weight, row, out=dest)
+    if not torch.compiler.is_compiling():
+        out = matmul(rows, weight)
+    elif 1 < rows.shape[0] <= FUSED_MAX_ROWS:
+        out = fused_rows_matmul(rows, weight)
     else:
-        out = fp32_matmul(rows, weight)
+        out = torch.ops.zaya1.cpu_bf16_matmul(rows, weight)
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
-def reduction_matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """[M, K] x [N, K]^T as an fp32 multiply-and-sum over K, laid out [N, M] so that the fused kernel walks
-    the weight once (each row is reused from cache for all M rows)."""
-    products = weight[:, None, :].to(torch.float32) * rows[None, :, :].to(torch.float32)  # [N, M, K]
-    return products.sum(-1).t().to(rows.dtype)
+def matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """rows [M, K] x weight [N, K]^T -> [M, N], both bf16."""
+    if rows.shape[0] >= FP32_MIN_ROWS:
+        return fp32_matmul(rows, weight)
+    out = rows.new_empty(rows.shape[0], weight.shape[0])
+    for row, dest in zip(rows, out):
+        torch.mv(weight, row, out=dest)
+    return out
+
+
+# the same function as an operator that torch.compile calls as it is (eager code calls matmul directly)
+torch.library.custom_op("zaya1::cpu_bf16_matmul", matmul, mutates_args=()).register_fake(
+    lambda rows, weight: rows.new_empty(rows.shape[0], weight.shape[0]))
+
+
+def fused_rows_matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """rows [M, K] x weight [N, K]^T written for inductor: M multiply-and-sum reductions over the same
+    (widened, never materialised) weight, which it fuses horizontally into one pass over the weight."""
+    wide = weight.to(torch.float32)
+    return torch.stack([(wide * row).sum(-1) for row in widen(rows)]).to(rows.dtype)
+
+
+@torch.library.custom_op("zaya1::widen", mutates_args=())
+def widen(x: torch.Tensor) -> torch.Tensor:
+    """x as fp32. An operator boundary for inductor: without it, it fuses the (cheap) computation of x into
+    a reduction that reads every element of x once per weight row, recomputing it N times."""
+    return x.to(torch.float32)
+
+
+@widen.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape, dtype=torch.float32)
 
 
 def fp32_matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """[M, K] x [N, K]^T: weight blocks widened into an fp32 workspace, then sgemm; result rounded once.
-    The product is computed as weight @ rows^T ([N, M]): sgemm with few rows in the second operand is
+    """rows [M, K] x weight [N, K]^T: weight blocks widened into an fp32 workspace, then sgemm; the result
+    is rounded once. Computed as weight @ rows^T ([N, M]): sgemm with few rows in the second operand is
     several times faster than with few rows in the first."""
     n, k = weight.shape
     block = max(1, BLOCK_ELEMENTS // k)
@@ -88,8 +115,8 @@ def fp32_matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     out = torch.empty(n, rows.shape[0], dtype=torch.float32)
     for start in range(0, n, block):
         part = weight[start:start + block]
-        w32 = space[:part.numel()].view(part.shape).copy_(part)
-        torch.mm(w32, cols, out=out[start:start + part.shape[0]])
+        wide = space[:part.numel()].view(part.shape).copy_(part)
+        torch.mm(wide, cols, out=out[start:start + part.shape[0]])
     return out.t().to(rows.dtype)
 
 

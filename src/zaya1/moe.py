@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ZayaConfig
-from .kernels import Linear, linear, use_cpu_bf16_kernels
+from .kernels import Linear, linear, use_cpu_bf16_kernels, widen
 
 
 class RMSNorm(nn.Module):
@@ -96,8 +96,8 @@ class ZayaExperts(nn.Module):
         """x [T, H], expert [T] in [0, E), weight [T] -> [T, H]; reads T expert weight sets."""
         if use_cpu_bf16_kernels(x, self.gate_up_proj):
             if torch.compiler.is_compiling():  # one fused kernel per product; the gather becomes indexed loads
-                h = (self.gate_up_proj[expert].float() * x[:, None].float()).sum(-1).to(x.dtype)  # [T, 2I]
-                out = (self.down_proj[expert].float() * self._swiglu(h)[:, None].float()).sum(-1).to(x.dtype)
+                h = (self.gate_up_proj[expert].float() * widen(x)[:, None]).sum(-1).to(x.dtype)  # [T, 2I]
+                out = (self.down_proj[expert].float() * widen(self._swiglu(h))[:, None]).sum(-1).to(x.dtype)
             else:  # eager: each token multiplies by views of its expert's weights (no copies of them)
                 out = torch.empty_like(x)
                 for t, e in enumerate(expert.tolist()):
