@@ -245,14 +245,15 @@ def decode_bytes(cfg: ZayaConfig, batch: int, context: int, itemsize: int) -> di
     channels = (nq + nkv) * d
     attention = (h * nq * d + h * nkv * d + h * nkv * d + nq * d * h  # q, k, v (current + delayed), o
                  + channels * cfg.cca_time0 + channels * d * cfg.cca_time1 + 2 * channels + nkv)  # convs, temp
-    router = h * r + r + r + 2 * (r * r + r) + r * cfg.num_router_classes  # down, (EDA scale), norm, fc1, fc2, out
+    router = h * r + r + r + 2 * (r * r + r) + r * cfg.num_router_classes  # down, norm, fc1, fc2, out_proj
     norms = 2 * h + 8 * h  # two RMSNorms, two residual merges of four vectors
     expert = 3 * h * cfg.moe_intermediate_size
     parts = {
         "lm_head": cfg.vocab_size * h * itemsize,
         "embedding": batch * h * itemsize,
         "attention": layers * attention * itemsize,
-        "router": layers * router * itemsize + layers * cfg.num_router_classes * 4,
+        # every layer's router, the EDA scales of all layers but the first, fp32 balancing biases
+        "router": (layers * router + (layers - 1) * r) * itemsize + layers * cfg.num_router_classes * 4,
         "norms": (layers * norms + 3 * h) * itemsize,
         "experts": round(layers * expected_distinct_experts(e, batch) * expert * itemsize),
         "kv_cache": batch * context * layers * 2 * nkv * d * itemsize,

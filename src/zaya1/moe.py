@@ -11,7 +11,10 @@ Router (architecture doc section 3.4), per token u [H] and previous MoE layer's 
 Expert dispatch, all with static shapes and exact (no token dropping):
 
 * ``gather``    (decode): every token gathers its own expert's weights, so a step reads only the selected
-                experts. T tokens read T experts, so it is for small T.
+                experts. T tokens read T experts, so it is for small T. With bf16 weights on a CPU without
+                native bf16 (kernels.py) nothing is copied: eager code multiplies each token by views of its
+                expert's weights, and under torch.compile the gather becomes indexed loads of one fused
+                multiply-and-sum kernel per product.
 * ``blockwise`` (prefill): tokens are sorted by expert (stable argsort) and laid out in blocks of
                 ``block_size`` rows that each belong to one expert, every expert's group padded to whole
                 blocks. At most T // block + min(E, T) blocks exist, a static bound, so compute is about
