@@ -732,9 +732,9 @@ def _report(args, backend, table, cfg, dtype, bw, runners, hf, results, prompt_l
     print(f"decode_roofline: bytes one decode step must read (lm_head, attention, router, norms, E(1-(1-1/E)^b) "
           f"distinct experts per layer for uniform top-1 routing, KV cache, state) at the measured read bandwidth "
           f"{bw['read_gbs']:.1f} GB/s, divided by the measured step time.")
-    print(f"{'device_mem' if backend == 'cuda' else 'peak_rss'}: weights + {'device_mem' if backend == 'cuda' else 'peak_rss'}_working, the peak "
-          f"{'allocated device memory' if backend == 'cuda' else 'resident set'} above its level before a generate call "
-          f"(prefill + decode; on CPU it depends on the allocator: memory freed earlier is reused without growing RSS).")
+    mem, what = ("device_mem", "allocated device memory") if backend == "cuda" else ("peak_rss", "resident set")
+    print(f"{mem}: weights + {mem}_working, the peak {what} above its level before a generate call (prefill + "
+          f"decode; on CPU it depends on the allocator: memory freed earlier is reused without growing RSS).")
     print(f"ttft_roofline: ttft_floor = max(weights read once at {bw['read_gbs']:.1f} GB/s, matmul FLOPs at "
           f"{bw['gflops']:.0f} GFLOP/s) divided by the measured TTFT.")
     if hf:
