@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .config import SLIDING, ZayaConfig
+from .kernels import Linear
 
 
 class ManualConv1d(nn.Module):
@@ -48,11 +49,9 @@ class ManualConv1d(nn.Module):
             out = sum(w[:, 0, k, None] * tap for k, tap in enumerate(taps))
         else:
             group_size = channels // self.groups
-            # stack taps on the input-channel axis: [B, G, K * Cg, T'] x [G, Cg, K * Cg]
-            stacked = torch.stack(taps, dim=2).view(batch, self.groups, group_size, self.kernel_size, out_len)
-            stacked = stacked.transpose(2, 3).reshape(batch, self.groups, self.kernel_size * group_size, out_len)
-            w = w.view(self.groups, group_size, group_size, self.kernel_size)
-            w = w.permute(0, 1, 3, 2).reshape(self.groups, group_size, self.kernel_size * group_size)
+            # taps become the fastest input axis, the weight's own layout: [G, Cg, Cg * K] x [B, G, Cg * K, T']
+            stacked = torch.stack(taps, dim=2).view(batch, self.groups, group_size * self.kernel_size, out_len)
+            w = w.view(self.groups, group_size, group_size * self.kernel_size)
             out = torch.matmul(w, stacked).view(batch, channels, out_len)
         if self.bias is not None:
             out = out + self.bias.to(torch.float32)[:, None]
@@ -112,18 +111,18 @@ class CCAttention(nn.Module):
         self.sliding_window = config.sliding_window if config.layer_types[layer_idx] == SLIDING else None
         channels = (self.nq + self.nkv) * d
 
-        self.q_proj = nn.Linear(hidden, self.nq * d, bias=False)
-        self.k_proj = nn.Linear(hidden, self.nkv * d, bias=False)
+        self.q_proj = Linear(hidden, self.nq * d, bias=False)
+        self.k_proj = Linear(hidden, self.nkv * d, bias=False)
         if not self.group_mean_from_local:
             # mean over the KV group's query heads of Q0_h == x @ mean_h(Wq_h)^T
-            self.q_group_mean_proj = nn.Linear(hidden, self.nkv * d, bias=False)
+            self.q_group_mean_proj = Linear(hidden, self.nkv * d, bias=False)
         # rows: this rank's KV heads of [Wcur; Wdel]; value_delayed marks rows read from the previous token
-        self.v_proj = nn.Linear(hidden, self.nkv * d, bias=False)
+        self.v_proj = Linear(hidden, self.nkv * d, bias=False)
         self.value_delayed = nn.Parameter(torch.zeros(self.nkv * d), requires_grad=False)
         self.conv_qk_depthwise = ManualConv1d(channels, config.cca_time0, groups=channels)
         self.conv_qk_grouped = ManualConv1d(channels, config.cca_time1, groups=self.nq + self.nkv)
         self.temp = nn.Parameter(torch.empty(self.nkv))
-        self.o_proj = nn.Linear(self.nq * d, hidden, bias=False)
+        self.o_proj = Linear(self.nq * d, hidden, bias=False)
 
     def project(self, x: torch.Tensor, conv_state: torch.Tensor, value_state: torch.Tensor):
         """x [B, S, H] (pad tokens already zeroed), conv_state [B, C, K-1], value_state [B, Cv]

@@ -17,6 +17,7 @@ from torch import nn
 
 from .cca import CCAttention, gather_state, rope_cos_sin
 from .config import SLIDING, ZayaConfig
+from .kernels import Linear, linear
 from .moe import RMSNorm, ZayaMoE
 from .parallel import AttentionShard, LocalComm, padded_vocab
 
@@ -211,9 +212,10 @@ class ZayaForCausalLM(nn.Module):
         self.model = ZayaModel(config, comm)
         self.comm = self.model.comm
         # the lm_head is the (vocab-split) embedding when tied; logits of padded vocab rows are dropped
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
+        self.lm_head = None if config.tie_word_embeddings else Linear(
             config.hidden_size, self.model.embed_tokens.weight.shape[0], bias=False)
         self.dispatch = "grouped"  # eager prefill dispatch; tracing/export uses "blockwise"
+        self._compiled_step, self._use_compiled = None, False  # see compile_decode
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -237,7 +239,7 @@ class ZayaForCausalLM(nn.Module):
     # ------------------------------------------------------------------ pieces
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        logits = self.comm.all_gather(F.linear(hidden, weight), dim=-1)
+        logits = self.comm.all_gather(linear(hidden, weight), dim=-1)
         return logits[..., :self.config.vocab_size].to(torch.float32)
 
     def new_state(self, max_batch: int, max_seq: int) -> ZayaState:
@@ -285,20 +287,42 @@ class ZayaForCausalLM(nn.Module):
                state: ZayaState, kv_len: int | None = None) -> torch.Tensor:
         """Token generation. input_ids [B, 1] at positions [B] into cache rows seq_ids [B]. Attends to the
         first ``kv_len`` cache positions (a static bucket > max(positions); default max_seq) and returns
-        logits [B, V]."""
+        logits [B, V]. The step itself runs through torch.compile after ``compile_decode()``."""
         kv_len = kv_len or state.max_seq
         layers = range(self.config.num_hidden_layers)
         past_kv = [(state.keys[i, seq_ids, :, :kv_len], state.values[i, seq_ids, :, :kv_len]) for i in layers]
-        hidden, steps = self.model.decode(input_ids, positions, past_kv,
-                                          [(state.conv[i, seq_ids], state.value_prev[i, seq_ids]) for i in layers])
+        states = [(state.conv[i, seq_ids], state.value_prev[i, seq_ids]) for i in layers]
+        if self._compiled_step is not None and self._use_compiled:
+            for k, v in past_kv:  # one graph for every kv_len bucket (a new one per batch size)
+                torch._dynamo.maybe_mark_dynamic(k, 2)
+                torch._dynamo.maybe_mark_dynamic(v, 2)
+            logits, steps = self._compiled_step(input_ids, positions, past_kv, states)
+        else:
+            logits, steps = self.decode_step(input_ids, positions, past_kv, states)
         rows = seq_ids[:, None]
         heads = torch.arange(self.model.shard.kv_heads, device=input_ids.device)[None, :]
-        for i, step in enumerate(steps):
-            state.keys[i, rows, heads, positions[:, None]] = step.key[:, :, 0]
-            state.values[i, rows, heads, positions[:, None]] = step.value[:, :, 0]
-            state.conv[i, seq_ids] = step.conv
-            state.value_prev[i, seq_ids] = step.value_prev
-        return self.logits(hidden)
+        for i, (key, value, conv, value_prev) in enumerate(steps):
+            state.keys[i, rows, heads, positions[:, None]] = key[:, :, 0]
+            state.values[i, rows, heads, positions[:, None]] = value[:, :, 0]
+            state.conv[i, seq_ids] = conv
+            state.value_prev[i, seq_ids] = value_prev
+        return logits
+
+    def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, past_kv: list, states: list):
+        """The pure decode step (what compile_decode compiles): logits [B, V] and per layer the new
+        (key, value [B, nkv, 1, d], conv state, value state)."""
+        hidden, steps = self.model.decode(input_ids, positions, past_kv, states)
+        return self.logits(hidden), [(s.key, s.value, s.conv, s.value_prev) for s in steps]
+
+    def compile_decode(self, enable: bool = True) -> "ZayaForCausalLM":
+        """Run the decode step through torch.compile (inductor), or eagerly again with ``enable=False``.
+        Optional (eager decode computes the same, up to bf16 rounding); worth it on CPU, where it fuses the
+        per-layer elementwise work and, in bf16, the small-batch lm_head and expert products (kernels.py).
+        The first step of each batch size compiles (tens of seconds on CPU); kv_len buckets reuse it."""
+        if enable and self._compiled_step is None:
+            self._compiled_step = torch.compile(self.decode_step)
+        self._use_compiled = enable
+        return self
 
     # ------------------------------------------------------------------ generation
     def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:

@@ -11,7 +11,10 @@ Router (architecture doc section 3.4), per token u [H] and previous MoE layer's 
 Expert dispatch, all with static shapes and exact (no token dropping):
 
 * ``gather``    (decode): every token gathers its own expert's weights, so a step reads only the selected
-                experts. T tokens read T experts, so it is for small T.
+                experts. T tokens read T experts, so it is for small T. With bf16 weights on a CPU without
+                native bf16 (kernels.py) nothing is copied: eager code multiplies each token by views of its
+                expert's weights, and under torch.compile the gather becomes indexed loads of one fused
+                multiply-and-sum kernel per product.
 * ``blockwise`` (prefill): tokens are laid out by expert (in token order, no sort: a token's row is
                 its expert's first row + the number of earlier tokens of that expert) in blocks of
                 ``block_size`` rows that each belong to one expert, every expert's group padded to whole
@@ -32,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ZayaConfig
+from .kernels import Linear, linear, use_cpu_bf16_kernels, widen
 
 
 class RMSNorm(nn.Module):
@@ -51,12 +55,12 @@ class ZayaRouter(nn.Module):
         super().__init__()
         r = config.router_hidden_size
         self.num_experts = config.num_experts
-        self.down_proj = nn.Linear(config.hidden_size, r, bias=True)
+        self.down_proj = Linear(config.hidden_size, r, bias=True)
         self.states_scale = nn.Parameter(torch.empty(r)) if use_eda else None
         self.norm = RMSNorm(r, config.router_norm_eps)
-        self.fc1 = nn.Linear(r, r, bias=True)
-        self.fc2 = nn.Linear(r, r, bias=True)
-        self.out_proj = nn.Linear(r, config.num_router_classes, bias=False)
+        self.fc1 = Linear(r, r, bias=True)
+        self.fc2 = Linear(r, r, bias=True)
+        self.out_proj = Linear(r, config.num_router_classes, bias=False)
         # a weight (not a buffer, which tracing would freeze), kept fp32 in every model dtype
         self.balancing_biases = nn.Parameter(torch.zeros(config.num_router_classes), requires_grad=False)
 
@@ -94,6 +98,16 @@ class ZayaExperts(nn.Module):
 
     def gather(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """x [T, H], expert [T] in [0, E), weight [T] -> [T, H]; reads T expert weight sets."""
+        if use_cpu_bf16_kernels(x, self.gate_up_proj):
+            if torch.compiler.is_compiling():  # one fused kernel per product; the gather becomes indexed loads
+                h = (self.gate_up_proj[expert].float() * widen(x)[:, None]).sum(-1).to(x.dtype)  # [T, 2I]
+                out = (self.down_proj[expert].float() * widen(self._swiglu(h))[:, None]).sum(-1).to(x.dtype)
+            else:  # eager: each token multiplies by views of its expert's weights (no copies of them)
+                out = torch.empty_like(x)
+                for t, e in enumerate(expert.tolist()):
+                    h = self._swiglu(linear(x[t:t + 1], self.gate_up_proj[e]))  # [1, 2I] -> [1, I]
+                    out[t:t + 1] = linear(h, self.down_proj[e])
+            return out * weight[:, None]
         h = torch.bmm(x[:, None], self.gate_up_proj[expert].transpose(1, 2))  # [T, 1, 2I]
         out = torch.bmm(self._swiglu(h), self.down_proj[expert].transpose(1, 2))[:, 0]
         return out * weight[:, None]
@@ -121,8 +135,8 @@ class ZayaExperts(nn.Module):
         out = torch.zeros_like(x)
         for e in torch.unique(expert).tolist():
             idx = torch.nonzero(expert == e)[:, 0]
-            h = self._swiglu(F.linear(x[idx], self.gate_up_proj[e]))
-            out[idx] = F.linear(h, self.down_proj[e]) * weight[idx, None]
+            h = self._swiglu(linear(x[idx], self.gate_up_proj[e]))
+            out[idx] = linear(h, self.down_proj[e]) * weight[idx, None]
         return out
 
     def forward(self, x, expert, weight, dispatch: str) -> torch.Tensor:

@@ -1,0 +1,8 @@
+"""Benchmark zaya1 against transformers on the same weights: ``python scripts/benchmark.py --help``
+(the same as ``zaya1 bench``)."""
+import sys
+
+from zaya1.bench import main
+
+if __name__ == "__main__":
+    sys.exit(main())
