@@ -21,7 +21,8 @@ import torch
 from zaya1 import ZayaConfig
 from zaya1.artifacts import ArtifactManifest, atomic_output_dir
 from zaya1.checkpoint import resolve_dtype
-from zaya1.errors import ConfigError, ZayaError
+from zaya1.cli import run_reporting_errors
+from zaya1.errors import ConfigError
 from zaya1.parallel import check_tp, describe_plan
 
 
@@ -84,26 +85,25 @@ def neuron_config(args):
         save_sharded_checkpoint=not args.no_save_sharded)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        _, manifest = plan(args)
-        if args.dry_run:
-            print("dry run: settings valid, nothing compiled")
-            return 0
-        from zaya1.neuron import NeuronZayaForCausalLM, ZayaInferenceConfig
-
-        config = ZayaInferenceConfig.from_checkpoint(args.model_path, neuron_config(args))
-        start = time.perf_counter()
-        with atomic_output_dir(args.compiled_model_path, manifest) as tmp:
-            print(f"compiling into {tmp} (moved to {args.compiled_model_path} when complete) ...", flush=True)
-            model = NeuronZayaForCausalLM(args.model_path, config)
-            model.compile(str(tmp).rstrip("/") + "/")
-        print(f"compiled in {time.perf_counter() - start:.0f} s -> {args.compiled_model_path}")
+def compile_model(args) -> int:
+    _, manifest = plan(args)
+    if args.dry_run:
+        print("dry run: settings valid, nothing compiled")
         return 0
-    except ZayaError as exc:
-        print(f"compile.py: error: {exc}", file=sys.stderr)
-        return 2
+    from zaya1.neuron import NeuronZayaForCausalLM, ZayaInferenceConfig
+
+    config = ZayaInferenceConfig.from_checkpoint(args.model_path, neuron_config(args))
+    start = time.perf_counter()
+    with atomic_output_dir(args.compiled_model_path, manifest) as tmp:
+        print(f"compiling into {tmp} (moved to {args.compiled_model_path} when complete) ...", flush=True)
+        model = NeuronZayaForCausalLM(args.model_path, config)
+        model.compile(str(tmp).rstrip("/") + "/")
+    print(f"compiled in {time.perf_counter() - start:.0f} s -> {args.compiled_model_path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_reporting_errors("compile.py", compile_model, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from zaya1 import ZayaForCausalLM
 from zaya1.artifacts import save_state_dict_atomic
-from zaya1.errors import ZayaError
+from zaya1.cli import run_reporting_errors
 from zaya1.parallel import neuron_state_dict, rank_state_dicts
 
 
@@ -29,25 +29,23 @@ def main(argv=None) -> int:
     p.add_argument("--tp-degree", type=int, required=True)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--format", choices=("ranks", "neuron"), default="ranks")
-    args = p.parse_args(argv)
-    try:
-        model = ZayaForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
-        state, config, out = model.state_dict(), model.config, Path(args.output)
-        metadata = {"zaya1_tp_degree": str(args.tp_degree), "zaya1_config": config.to_json()}
-        if args.format == "neuron":
-            path = save_state_dict_atomic(neuron_state_dict(state, config, args.tp_degree),
-                                          out / "neuron_state_dict.safetensors", metadata)
-            print(f"wrote {path}")
-        else:
-            for rank, shard in enumerate(rank_state_dicts(state, config, args.tp_degree)):
-                path = save_state_dict_atomic(shard, out / f"tp{rank}_sharded_checkpoint.safetensors",
-                                              metadata | {"zaya1_rank": str(rank)})
-                print(f"wrote {path}")
-        return 0
-    except ZayaError as exc:
-        print(f"convert.py: error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("convert.py", convert, p.parse_args(argv))
 
+
+def convert(args) -> int:
+    model = ZayaForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
+    state, config, out = model.state_dict(), model.config, Path(args.output)
+    metadata = {"zaya1_tp_degree": str(args.tp_degree), "zaya1_config": config.to_json()}
+    if args.format == "neuron":
+        path = save_state_dict_atomic(neuron_state_dict(state, config, args.tp_degree),
+                                      out / "neuron_state_dict.safetensors", metadata)
+        print(f"wrote {path}")
+        return 0
+    for rank, shard in enumerate(rank_state_dicts(state, config, args.tp_degree)):
+        path = save_state_dict_atomic(shard, out / f"tp{rank}_sharded_checkpoint.safetensors",
+                                      metadata | {"zaya1_rank": str(rank)})
+        print(f"wrote {path}")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

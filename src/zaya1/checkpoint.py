@@ -44,7 +44,21 @@ def _layer_keys(i: int) -> dict[str, str]:
 
 
 RESIDUAL = ("hidden_states_scale", "hidden_states_bias", "residual_scale", "residual_bias")
-ROUTER_MLP = {"fc1": "fc1", "fc2": "fc2", "out_proj": "out_proj"}
+
+
+def _router_keys(t: dict, src: str, dst: str, layer: int, states: str, norm: str, mlp: tuple[str, str, str]) -> None:
+    """The router of hybrid layer ``layer``: checkpoint prefix ``src``, its names for the EDA scale, the norm
+    and the three MLP linears (fc1, fc2, out_proj; out_proj has no bias)."""
+    t[src + "down_proj.weight"] = (dst + "down_proj.weight", None)
+    t[src + "down_proj.bias"] = (dst + "down_proj.bias", None)
+    if layer > 0:  # the first MoE layer has no incoming router state
+        t[src + states] = (dst + "states_scale", None)
+    t[src + norm] = (dst + "norm.weight", None)
+    for name, ours in zip(mlp, ("fc1", "fc2", "out_proj")):
+        t[src + f"{name}.weight"] = (dst + f"{ours}.weight", None)
+        if ours != "out_proj":
+            t[src + f"{name}.bias"] = (dst + f"{ours}.bias", None)
+    t[src + "balancing_biases"] = (dst + "balancing_biases", None)
 
 
 def hf_key_table(cfg: ZayaConfig) -> dict[str, tuple[str, object]]:
@@ -71,17 +85,8 @@ def hf_key_table(cfg: ZayaConfig) -> dict[str, tuple[str, object]]:
         for merge in ("post_attention_residual_scale", "post_mlp_residual_scale"):
             for name in RESIDUAL:
                 t[s + f"{merge}.{name}"] = (k["layer"] + f"{merge}.{name}", None)
-        g = s + "mlp.gate."
-        t[g + "down_proj.weight"] = (k["router"] + "down_proj.weight", None)
-        t[g + "down_proj.bias"] = (k["router"] + "down_proj.bias", None)
-        if i > 0:
-            t[g + "router_states_scale"] = (k["router"] + "states_scale", None)
-        t[g + "router_mlp.norm.weight"] = (k["router"] + "norm.weight", None)
-        for src, dst in ROUTER_MLP.items():
-            t[g + f"router_mlp.{src}.weight"] = (k["router"] + f"{dst}.weight", None)
-            if dst != "out_proj":
-                t[g + f"router_mlp.{src}.bias"] = (k["router"] + f"{dst}.bias", None)
-        t[g + "balancing_biases"] = (k["router"] + "balancing_biases", None)
+        _router_keys(t, s + "mlp.gate.", k["router"], i, "router_states_scale", "router_mlp.norm.weight",
+                     ("router_mlp.fc1", "router_mlp.fc2", "router_mlp.out_proj"))
         t[s + "mlp.experts.gate_up_proj"] = (k["experts"] + "gate_up_proj", None)
         t[s + "mlp.experts.down_proj"] = (k["experts"] + "down_proj", None)
     if not cfg.tie_word_embeddings:
@@ -116,17 +121,8 @@ def original_key_table(cfg: ZayaConfig) -> dict[str, tuple[str, object]]:
             t[m + f"res_scale.{name}"] = (k["layer"] + f"post_attention_residual_scale.{name}", None)
             t[closing + name] = (k["layer"] + f"post_mlp_residual_scale.{name}", None)
         t[m + "input_norm.weight"] = (k["layer"] + "post_attention_layernorm.weight", None)
-        r = m + "zaya_block.router."
-        t[r + "down_proj.weight"] = (k["router"] + "down_proj.weight", None)
-        t[r + "down_proj.bias"] = (k["router"] + "down_proj.bias", None)
-        if i > 0:
-            t[r + "router_states_scale"] = (k["router"] + "states_scale", None)
-        t[r + "rmsnorm_eda.weight"] = (k["router"] + "norm.weight", None)
-        for idx, dst in ((0, "fc1"), (2, "fc2"), (4, "out_proj")):
-            t[r + f"router_mlp.{idx}.weight"] = (k["router"] + f"{dst}.weight", None)
-            if dst != "out_proj":
-                t[r + f"router_mlp.{idx}.bias"] = (k["router"] + f"{dst}.bias", None)
-        t[r + "balancing_biases"] = (k["router"] + "balancing_biases", None)
+        _router_keys(t, m + "zaya_block.router.", k["router"], i, "router_states_scale", "rmsnorm_eda.weight",
+                     ("router_mlp.0", "router_mlp.2", "router_mlp.4"))
         for e in range(cfg.num_experts):
             x = m + f"zaya_block.experts.local_experts.{e}."
             t[x + "linear_fc1.weight"] = (k["experts"] + "gate_up_proj", e)
@@ -294,9 +290,7 @@ def load_model(cls, path, dtype=torch.float32, device="cpu", tp_degree: int = 1,
                                       f"config.json and the *.safetensors files (here probably {path.parent}).")
     dtype = resolve_dtype(dtype)
     cfg = ZayaConfig.from_pretrained(path, **config_overrides)
-    with torch.device("meta"):
-        model = cls(cfg).to(dtype)
-    model = model.to_empty(device=device)
+    model = cls.empty(cfg, dtype=dtype, device=device)
     load_into(model, cfg, path, check_finite=check_finite)
     model.eval()
     if tp_degree == 1:

@@ -11,6 +11,15 @@ import torch
 from .errors import ZayaError
 
 
+def run_reporting_errors(prog: str, fn, *args) -> int:
+    """fn(*args), with a zaya1 error printed as one line (what, where, how to fix) and exit status 2."""
+    try:
+        return fn(*args)
+    except ZayaError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint directory (either layout); omit for the embedded random demo model")
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
@@ -114,13 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         bench_module = None
     args = parser.parse_args(argv)
-    try:
-        if args.command == "generate":
-            return run_generate(args)
-        return bench_module.run(args)
-    except ZayaError as exc:
-        print(f"zaya1: error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("zaya1", run_generate if args.command == "generate" else bench_module.run, args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -387,7 +386,3 @@ def _fields_from_original(raw: dict) -> dict:
         max_position_embeddings=_int(raw, "max_position_embeddings", 4096),
         layout="original",
     )
-
-
-def round_up(value: int, multiple: int) -> int:
-    return int(math.ceil(value / multiple) * multiple)

@@ -85,6 +85,15 @@ def split_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) 
     return rows
 
 
+def right_pad(prompts: list[torch.Tensor], pad: int, width: int | None = None, device=None):
+    """Prompts -> right-padded ids [B, width] (default: the longest prompt) and lengths [B]."""
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    ids = torch.full((len(prompts), width or int(lengths.max())), pad, dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        ids[row, :len(prompt)] = prompt.to(ids.device)
+    return ids, lengths
+
+
 def bucket(length: int, multiple: int, limit: int) -> int:
     """Round up to a static bucket size so steps reuse compiled shapes."""
     return min(-(-length // multiple) * multiple, limit)
@@ -138,10 +147,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
 
-    prefill_len = bucket(longest, 16, state.max_seq)
-    ids = torch.full((batch, prefill_len), pad, dtype=torch.long, device=device)
-    for row, prompt in enumerate(prompts):
-        ids[row, :len(prompt)] = prompt.to(device)
+    ids, _ = right_pad(prompts, pad, bucket(longest, 16, state.max_seq), device)
     seq_ids = torch.arange(batch, device=device)
     logits = model.prefill(ids, lengths, seq_ids, state)
 

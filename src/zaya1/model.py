@@ -219,6 +219,13 @@ class ZayaForCausalLM(nn.Module):
 
     # ------------------------------------------------------------------ loading
     @classmethod
+    def empty(cls, config: ZayaConfig, comm=None, dtype: torch.dtype = torch.float32, device="cpu"):
+        """Uninitialised weights, allocated once in ``dtype`` on ``device`` (to be loaded into)."""
+        with torch.device("meta"):
+            model = cls(config, comm).to(dtype)
+        return model.to_empty(device=device)
+
+    @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str = torch.float32, device="cpu",
                         tp_degree: int = 1, check_finite: bool = False, **config_overrides):
         """Load a checkpoint directory of either layout. ``tp_degree > 1`` returns a ``SimulatedTP`` model

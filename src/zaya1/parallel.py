@@ -231,9 +231,7 @@ class SimulatedTP:
         group = _ThreadGroup(len(shards))
         ranks = []
         for rank, shard in enumerate(shards):
-            with torch.device("meta"):
-                model = ZayaForCausalLM(config, ThreadComm(group, rank)).to(dtype)
-            model = model.to_empty(device=device)
+            model = ZayaForCausalLM.empty(config, ThreadComm(group, rank), dtype, device)
             model.load_state_dict(shard, strict=True)
             ranks.append(model.eval().requires_grad_(False))
         return cls(config, ranks)

@@ -41,7 +41,7 @@ from ..artifacts import ArtifactManifest, check_manifest, check_request, load_ma
 from ..checkpoint import resolve_dtype
 from ..config import ZayaConfig
 from ..errors import ConfigError, InputError
-from ..generation import split_prompts
+from ..generation import right_pad, split_prompts
 from ..model import ZayaForCausalLM, ZayaModel
 from ..parallel import check_tp, neuron_state_dict, partition_dim
 
@@ -334,11 +334,9 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
         prompts = split_prompts(input_ids, attention_mask)
         check_request(self.manifest, len(prompts), [len(p) for p in prompts], max_new_tokens)
         pad = pad_token_id if pad_token_id is not None else (zaya.pad_token_id or 0)
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, prompt in enumerate(prompts):
-            ids[row, :len(prompt)], mask[row, :len(prompt)] = prompt, 1
+        ids, lengths = right_pad(prompts, pad)
+        width = ids.shape[1]
+        mask = (torch.arange(width)[None] < lengths[:, None]).to(torch.long)
         if seed is not None:
             torch.manual_seed(seed)
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
