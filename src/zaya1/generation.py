@@ -156,7 +156,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     new_tokens = []
     positions = lengths.clone()
     for step in range(max_new_tokens):
-        token = sample(logits, params, generator)
+        token = logits if not logits.is_floating_point() else sample(logits, params, generator)  # tokens: sampled on device
         token = torch.where(finished, torch.full_like(token, pad), token)
         new_tokens.append(token)
         if streamer is not None:

@@ -39,7 +39,8 @@ class _Unavailable(type):
 
 
 if sdk_available():
-    from .modeling import NeuronZayaForCausalLM, NeuronZayaModel, ZayaInferenceConfig, ZayaNeuronConfig
+    from .application import NeuronZayaForCausalLM
+    from .modeling import NeuronZayaModel, ZayaInferenceConfig, ZayaNeuronConfig
 else:
     NeuronZayaForCausalLM = _Unavailable("NeuronZayaForCausalLM", (), {"__module__": __name__})
     NeuronZayaModel = _Unavailable("NeuronZayaModel", (), {"__module__": __name__})

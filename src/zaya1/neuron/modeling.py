@@ -1,30 +1,24 @@
 """NxDI model for ZAYA1: the core torch modules (zaya1.model) traced by NxDI, sharded by zaya1.parallel.
 
-How it maps onto NxDI (file references are repo-relative, see README "Running on Trainium2"):
+How it maps onto NxDI (file references are repo-relative to NxDI's src/neuronx_distributed_inference and NxD's
+src/neuronx_distributed):
 
 * Sharding. The core model is built at one rank's local shapes. Every parameter the plan splits
-  (``parallel.PARTITION_DIMS``) is marked with NxD's tensor-parallel attributes, and its owning module
-  becomes a ``BaseParallelLinear`` subclass, so NxD's ``shard_children`` (neuronx_distributed
-  trace/trace.py) cuts each rank's contiguous slice out of ``parallel.neuron_state_dict`` -- exactly the
-  per-rank tensors the CPU simulation (``parallel.SimulatedTP``) is tested with. Rank-dependent math uses
-  rank tensors (``embed_tokens.rank``, SPMDRank convention), never Python ranks.
-* Collectives. The two all-reduces per layer and the embedding's reduce are NxD's
-  ``reduce_from_tensor_model_parallel_region``; the lm_head is NxD's ColumnParallelLinear, so NxDI's
-  on-device sampling and padded-vocab masking apply unchanged.
-* CCA state. Per layer a conv state [max_batch, C, K-1] and a value state [max_batch, Cv] are aliased
-  parameters (state buffers) written after the KV cache outputs (``ZayaDecoderModelInstance``): context
-  encoding computes from zero state and writes the rows of ``seq_ids`` with the state after each
-  sequence's last real token (from the 2-D attention mask); token generation reads and writes those rows.
-* MoE. ZAYA's router (MLP + EDA + skip class, model dtype softmax, fp32 choice) and the core's static
-  dispatch: ``gather`` (token generation reads only the selected experts) and ``blockwise`` (context
-  encoding, about T + E * block rows instead of E * T). NxD's ExpertMLPsV2 would need its fused TKG kernel
-  bypassed for a custom router and renormalises top-k affinities; the core dispatch is exact and proven
-  against the CPU reference.
+  (``parallel.PARTITION_DIMS``) is marked with NxD's tensor-parallel attributes and its owning module becomes
+  a ``BaseParallelLinear`` subclass, so NxD's ``shard_children`` (trace/trace.py) cuts each rank's contiguous
+  slice out of ``parallel.neuron_state_dict``: the per-rank tensors the CPU simulation is tested with.
+* Collectives: NxD's ``reduce_from_tensor_model_parallel_region``; the lm_head is NxD's ColumnParallelLinear
+  (``pad=True, keep_padded_output=True``, so NxDI's padded-logit mask hits the pad columns, not real ones).
+* CCA state lives in the KV-cache manager (``ZayaCacheManager``): ``past_key_values`` is NxDI's K/V list
+  followed by every layer's conv state and value state. NxDI aliases that list on device
+  (models/model_wrapper.py ``DecoderModelInstance.get``), copies it after each CPU-mode step
+  (models/model_base.py ``_copy_past_key_values``) and shares it between submodels, so the state goes
+  wherever the K/V cache goes, with no alias index of our own.
+* Masks: CCA builds its causal / sliding-window masks from positions; ``create_attn_mask`` hands the 2-D
+  mask through, from which context encoding reads each sequence's length.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 from torch import nn
@@ -34,36 +28,65 @@ from neuronx_distributed.parallel_layers.mappings import (gather_from_tensor_mod
                                                           reduce_from_tensor_model_parallel_region)
 from neuronx_distributed.parallel_layers.utils import set_tensor_model_parallel_attributes
 from neuronx_distributed_inference.models.config import InferenceConfig, MoENeuronConfig
-from neuronx_distributed_inference.models.model_base import NeuronBaseForCausalLM, NeuronBaseModel
-from neuronx_distributed_inference.models.model_wrapper import DecoderModelInstance, ModelWrapper
+from neuronx_distributed_inference.models.model_base import NeuronBaseModel
+from neuronx_distributed_inference.modules.generation.sampling import create_sampler
+from neuronx_distributed_inference.modules.kvcache.kv_cache_manager import KVCacheManager
 
-from ..artifacts import ArtifactManifest, check_manifest, check_request, load_manifest
-from ..checkpoint import resolve_dtype
 from ..config import ZayaConfig
-from ..errors import ConfigError, InputError
-from ..generation import right_pad, split_prompts
-from ..model import ZayaForCausalLM, ZayaModel
-from ..parallel import check_tp, neuron_state_dict, partition_dim
+from ..errors import ConfigError
+from ..model import ZayaModel
+from ..parallel import check_tp, partition_dim
+
+# NeuronConfig field -> (value that is unsupported, why / what to pass)
+_UNSUPPORTED = {
+    "sequence_parallel_enabled": "the CCA causal convolutions need neighbouring tokens on one rank",
+    "is_block_kv_layout": "CCA keeps per-sequence conv/value state; paged (block) KV is not implemented. With "
+                          "vLLM pass --no-enable-prefix-caching",
+    "is_prefix_caching": "a cached prefix would need its CCA state too. With vLLM pass --no-enable-prefix-caching",
+    "is_chunked_prefill": "context encoding starts every sequence from empty CCA state. With vLLM leave "
+                          "chunked prefill off (no chunked_prefill_config)",
+    "enable_fused_speculation": "speculative decoding is not implemented for ZAYA1",
+    "is_medusa": "speculative decoding is not implemented for ZAYA1",
+    "flash_decoding_enabled": "ZAYA1's attention scores the whole cache on each rank",
+    "k_cache_transposed": "the CCA attention reads K as [batch, heads, positions, dim]",
+    "attn_block_tkg_nki_kernel_enabled": "ZAYA1 does not use NxDI's attention kernels",
+    "quantized": "ZAYA1's modules are not NxD quantization layers",
+    "kv_quant_config": "a quantized KV cache is not implemented for ZAYA1",
+    "lora_config": "ZAYA1's projections are not LoRA layers",
+    "tensor_capture_config": "tensor capture is not supported for ZAYA1",
+}
 
 
-# ---------------------------------------------------------------------------------------------- configs
 class ZayaNeuronConfig(MoENeuronConfig):
-    """NxDI neuron config of ZAYA1 (a MoENeuronConfig). Sequence parallelism is refused: it splits the
-    sequence across ranks and the causal convolutions need neighbouring tokens."""
+    """NxDI neuron config of ZAYA1 (a MoENeuronConfig); refuses the NxDI modes ZAYA1 does not implement,
+    naming the field."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        if self.sequence_parallel_enabled:
-            raise ConfigError("sequence_parallel_enabled=True is not supported for ZAYA1: the CCA causal "
-                              "convolutions need neighbouring tokens. Leave it off.")
+        for field, why in _UNSUPPORTED.items():
+            if getattr(self, field, None):
+                raise ConfigError(f"{field}={getattr(self, field)!r} is not supported for ZAYA1 ({why}). "
+                                  f"Leave {field} unset.")
+        limits = {"speculation_length": 0, "attention_dp_degree": 1, "cp_degree": 1, "kv_cache_padding_size": 0,
+                  "windowed_context_encoding_size": None}
+        for field, ok in limits.items():
+            if getattr(self, field, ok) != ok:
+                raise ConfigError(f"{field}={getattr(self, field)!r} is not supported for ZAYA1; leave it at "
+                                  f"{ok!r}.")
         if self.padding_side != "right":
             raise ConfigError(f"padding_side={self.padding_side!r}: ZAYA1 context encoding takes right-padded "
                               f"buckets. Use padding_side='right'.")
+        if not self.tkg_batch_size == self.kv_cache_batch_size == self.batch_size:
+            raise ConfigError(f"tkg_batch_size={self.tkg_batch_size} and kv_cache_batch_size="
+                              f"{self.kv_cache_batch_size} must equal batch_size={self.batch_size} for ZAYA1 "
+                              f"(token generation runs every cache row); leave them unset.")
 
 
 class ZayaInferenceConfig(InferenceConfig):
-    """NxDI inference config built from either checkpoint layout through ``ZayaConfig``. The canonical
-    config travels in ``self.zaya`` (a dict, saved in neuron_config.json)."""
+    """NxDI inference config built from either checkpoint layout through ``ZayaConfig``. The canonical config
+    travels in ``self.zaya`` (a dict, saved in neuron_config.json). Built either with ``from_checkpoint`` or
+    the way vllm-neuron builds it, ``ZayaInferenceConfig(nc, load_config=load_pretrained_config(path))``
+    (needs ``zaya1.neuron.register()`` on transformers < 5.23, which does not know ``model_type: zaya``)."""
 
     @classmethod
     def from_checkpoint(cls, model_path: str, neuron_config: ZayaNeuronConfig, **overrides):
@@ -81,7 +104,7 @@ class ZayaInferenceConfig(InferenceConfig):
             self.zaya = ZayaConfig.from_pretrained(self._name_or_path).to_dict()
         zaya = self.zaya_config
         check_tp(zaya, self.neuron_config.tp_degree)
-        # the fields NxDI reads by their Hugging Face names
+        # the fields NxDI reads by their Hugging Face names (models/model_base.py, modules/kvcache)
         self.hidden_size, self.vocab_size = zaya.hidden_size, zaya.vocab_size
         self.num_hidden_layers, self.head_dim = zaya.num_hidden_layers, zaya.head_dim
         self.num_attention_heads, self.num_key_value_heads = zaya.num_attention_heads, zaya.num_key_value_heads
@@ -89,6 +112,8 @@ class ZayaInferenceConfig(InferenceConfig):
         self.pad_token_id, self.bos_token_id = zaya.pad_token_id or 0, zaya.bos_token_id
         self.eos_token_id = zaya.eos_token_id
         self.tie_word_embeddings = zaya.tie_word_embeddings
+        # read by every NxDI forward (models/model_base.py _setup_func_config)
+        self.output_attentions, self.output_hidden_states, self.use_return_dict = False, False, True
 
     @property
     def zaya_config(self) -> ZayaConfig:
@@ -142,6 +167,48 @@ def mark_sharded(model: nn.Module, tp: int) -> None:
         set_tensor_model_parallel_attributes(param, is_parallel=True, dim=dim, stride=1, num_partitions=tp)
 
 
+# ---------------------------------------------------------------------------------------------- cache
+class ZayaCacheManager(KVCacheManager):
+    """NxDI's KV cache followed by each layer's CCA state in one parameter list:
+    ``past_key_values = [K0, V0, ..., K_{L-1}, V_{L-1}, conv_0 .. conv_{L-1}, value_0 .. value_{L-1}]``,
+    conv [rows, C, K-1], value [rows, Cv]. The state rows follow the K/V rows: context encoding writes the
+    rows of ``seq_ids`` under continuous batching (one sequence, as NxDI's KV update asserts) and rows
+    0..B-1 otherwise (NxDI's ``fill_prefix``); token generation reads and writes every row (input row i is
+    cache row i after NxDI's model wrapper sorts by seq_ids)."""
+
+    def __init__(self, config: ZayaInferenceConfig, conv_shape: tuple, value_shape: tuple, **kwargs):
+        super().__init__(config, **kwargs)
+        layers, rows, dtype = config.num_hidden_layers, self.kv_cache_batch_size, config.neuron_config.torch_dtype
+        self.num_layers = layers
+
+        def state(shape):
+            return nn.Parameter(torch.zeros(rows, *shape, dtype=dtype), requires_grad=False)
+
+        self.past_key_values.extend([state(conv_shape) for _ in range(layers)]
+                                    + [state(value_shape) for _ in range(layers)])
+
+    def get_cache(self, seq_len: int, **kwargs) -> list:
+        """Per layer [K, V] up to ``seq_len`` (the CCA state is not K/V: see ``get_state``)."""
+        return [list(self.get_kv_by_layer_id(idx=i, seq_len=seq_len, **kwargs)) for i in range(self.num_layers)]
+
+    def get_state(self, batch: int) -> list:
+        """Per layer (conv state [B, C, K-1], value state [B, Cv]) of token generation's rows."""
+        convs = self.past_key_values[2 * self.num_layers:3 * self.num_layers]
+        values = self.past_key_values[3 * self.num_layers:]
+        return [(conv[:batch], value[:batch]) for conv, value in zip(convs, values)]
+
+    def update_state(self, is_for_context_encoding: bool, seq_ids: torch.Tensor, new_states: list) -> list:
+        """Full updated state buffers (conv_0.., value_0..) with the step's state written into its rows."""
+        batch = new_states[0][0].shape[0]
+        if is_for_context_encoding and self.is_continuous_batching:
+            rows = self.get_cache_update_index_for_seq_ids(seq_ids).to(torch.long)
+        else:
+            rows = torch.arange(batch, device=seq_ids.device)
+        buffers = self.past_key_values[2 * self.num_layers:]
+        news = [conv for conv, _ in new_states] + [value for _, value in new_states]
+        return [buf.index_copy(0, rows, new.to(buf.dtype)) for buf, new in zip(buffers, news)]
+
+
 # ---------------------------------------------------------------------------------------------- model
 class NeuronZayaModel(NeuronBaseModel):
     """The traced graph: ``self.model`` is the core ZayaModel of one rank."""
@@ -161,18 +228,17 @@ class NeuronZayaModel(NeuronBaseModel):
         self.model = ZayaModel(zaya, NxDComm(nc.tp_degree))
         mark_sharded(self.model, nc.tp_degree)
         self.lm_head = ColumnParallelLinear(config.hidden_size, config.vocab_size, bias=False, pad=True,
-                                            gather_output=not self.on_device_sampling, dtype=nc.torch_dtype)
-        shard, layers = self.model.shard, zaya.num_hidden_layers
-        channels = (shard.q_heads + shard.kv_heads) * zaya.head_dim
+                                            keep_padded_output=True, gather_output=not self.on_device_sampling,
+                                            dtype=nc.torch_dtype)
 
-        def state(*shape):
-            return nn.Parameter(torch.zeros(nc.max_batch_size, *shape, dtype=nc.torch_dtype), requires_grad=False)
-
-        # aliased state buffers (names must not contain "past_key_values")
-        self.cca_conv_state = nn.ParameterList(state(channels, zaya.conv_state_len) for _ in range(layers))
-        self.cca_value_state = nn.ParameterList(state(shard.kv_heads * zaya.head_dim) for _ in range(layers))
-        self._attention_mask_2d = None
-        self._updated_states: list[torch.Tensor] = []
+    def init_inference_optimization(self, config: ZayaInferenceConfig):
+        if self.on_device_sampling:
+            self.sampler = create_sampler(config.neuron_config, self.lm_head.tensor_parallel_group.size())
+        zaya, shard = config.zaya_config, self.model.shard
+        self.kv_mgr = ZayaCacheManager(
+            config, conv_shape=((shard.q_heads + shard.kv_heads) * zaya.head_dim, zaya.conv_state_len),
+            value_shape=(shard.kv_heads * zaya.head_dim,), num_kv_head=self.num_key_value_heads,
+            global_rank=self.rank_util)
 
     # NxDI reads these names; the modules live once, in the core model
     @property
@@ -187,184 +253,20 @@ class NeuronZayaModel(NeuronBaseModel):
     def norm(self):
         return self.model.norm
 
-    @property
-    def state_params(self) -> list[nn.Parameter]:
-        """Aliased state, in the order the forward returns it (after the KV cache)."""
-        return [*self.cca_conv_state, *self.cca_value_state]
-
-    def forward(self, input_ids, attention_mask, *args, **kwargs):
-        self._attention_mask_2d = attention_mask  # the base forward replaces it by the 4-D causal mask
-        return super().forward(input_ids, attention_mask, *args, **kwargs) + self._updated_states
+    def create_attn_mask(self, attention_mask, is_for_context_encoding, is_for_speculation, **kwargs):
+        return attention_mask  # [B, S] 1 = token; CCA masks by positions (module docstring)
 
     def get_model_output(self, input_ids=None, seq_ids=None, attention_mask=None, position_ids=None,
-                         is_for_context_encoding=False, update_cache=True, **kwargs):
-        layers = range(len(self.cca_conv_state))
-        if is_for_context_encoding:  # right-padded bucket, fresh sequences
-            lengths = self._attention_mask_2d[:, :input_ids.shape[1]].sum(dim=-1)
-            hidden, steps = self.model.prefill(input_ids, lengths, dispatch="blockwise")
+                         is_for_context_encoding=False, **kwargs):
+        if is_for_context_encoding:  # right-padded bucket of sequences that start now
+            hidden, steps = self.model.prefill(input_ids, attention_mask.sum(dim=-1))
         else:
-            past_kv = self.kv_mgr.get_cache(seq_ids=seq_ids, seq_len=self.n_positions,
-                                            is_for_context_encoding=False, **kwargs)
-            states = [(self.cca_conv_state[i].index_select(0, seq_ids), self.cca_value_state[i].index_select(0, seq_ids))
-                      for i in layers]
-            hidden, steps = self.model.decode(input_ids, position_ids[:, 0].to(torch.long), past_kv, states)
-        # the last token is already picked (NxDI's argmax(position_ids) is wrong for 1-token prompts)
-        self.sliced_hidden = True
-        new_kv = self.kv_mgr.update_cache(is_for_context_encoding=is_for_context_encoding, seq_ids=seq_ids,
-                                          position_ids=position_ids, new_key_values=[[s.key, s.value] for s in steps],
-                                          seq_len=self.n_positions, **kwargs)
-        rows = seq_ids.to(torch.long)
-        self._updated_states = (
-            [self.cca_conv_state[i].index_copy(0, rows, steps[i].conv.to(self.cca_conv_state[i].dtype)) for i in layers]
-            + [self.cca_value_state[i].index_copy(0, rows, steps[i].value_prev.to(self.cca_value_state[i].dtype))
-               for i in layers])
-        return hidden[:, None], new_kv
-
-
-class ZayaDecoderModelInstance(DecoderModelInstance):
-    """Aliases the CCA state buffers to the outputs that follow the KV cache."""
-
-    def get(self, bucket_rank, **kwargs):
-        module, aliases = super().get(bucket_rank, **kwargs)
-        start = (2 if self.neuron_config.output_logits else 1) + len(module.kv_mgr.past_key_values)
-        for i, param in enumerate(module.state_params):
-            aliases[param] = start + i
-        return module, aliases
-
-
-class ZayaModelWrapper(ModelWrapper):
-    def get_model_instance(self):
-        return ZayaDecoderModelInstance(model_cls=self.model_cls, config=self.config, **self.model_init_kwargs)
-
-
-# ---------------------------------------------------------------------------------------------- application
-class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
-    """ZAYA1 on Trainium2. ``compile(dir)`` traces it ahead of time (scripts/compile.py adds the manifest and
-    atomic writes); ``from_compiled(dir)`` loads compiled artifacts; ``generate`` runs NxDI's
-    HuggingFaceGenerationAdapter."""
-
-    _model_cls = NeuronZayaModel
-
-    @classmethod
-    def get_config_cls(cls):
-        return ZayaInferenceConfig
-
-    def get_model_wrapper_cls(self):
-        return ZayaModelWrapper
-
-    @staticmethod
-    def load_hf_model(model_path, **kwargs):
-        """The CPU reference (used by NxDI's accuracy utilities)."""
-        return ZayaForCausalLM.from_pretrained(model_path, **kwargs)
-
-    @property
-    def model_path_or_name(self) -> str:
-        return getattr(self.config, "_name_or_path", self.model_path)
-
-    def checkpoint_loader_fn(self, mmap: bool = False):
-        """Either checkpoint layout -> canonical weights (zaya1.checkpoint) -> Neuron state dict
-        (zaya1.parallel, the plan the CPU simulation proves) + the lm_head and NxDI's rank tensor."""
-        zaya, nc = self.config.zaya_config, self.neuron_config
-        canonical = ZayaForCausalLM.from_pretrained(self.model_path_or_name,
-                                                    dtype=resolve_dtype(nc.torch_dtype)).state_dict()
-        lm_head = canonical["model.embed_tokens.weight" if zaya.tie_word_embeddings else "lm_head.weight"]
-        canonical.pop("lm_head.weight", None)
-        state = neuron_state_dict(canonical, zaya, nc.tp_degree)
-        state["lm_head.weight"] = lm_head
-        state["rank_util.rank"] = torch.arange(nc.tp_degree, dtype=torch.int32)
-        return state
-
-    @classmethod
-    def from_compiled(cls, compiled_path: str, model_path: str | None = None) -> "NeuronZayaForCausalLM":
-        config = ZayaInferenceConfig.load(compiled_path)
-        model = cls(model_path or config._name_or_path, config)
-        model.load(compiled_path)
-        return model
-
-    def expected_manifest(self) -> ArtifactManifest:
-        """The manifest compiled artifacts must carry to be loaded with this config and checkpoint."""
-        nc = self.neuron_config
-        return ArtifactManifest.for_checkpoint(
-            self.model_path_or_name, tp_degree=nc.tp_degree, batch_size=nc.batch_size, seq_len=nc.seq_len,
-            max_context_length=nc.max_context_length, buckets=nc.context_encoding_buckets, dtype=nc.torch_dtype,
-            on_device_sampling=nc.on_device_sampling_config is not None,
-            token_generation_buckets=nc.token_generation_buckets)
-
-    def load(self, compiled_model_path, *args, **kwargs):
-        """Load compiled artifacts after checking they were made for this config, checkpoint and SDK."""
-        manifest = load_manifest(compiled_model_path)
-        check_manifest(manifest, self.expected_manifest(), artifacts_dir=compiled_model_path)
-        self.manifest = manifest
-        return super().load(os.path.join(str(compiled_model_path), ""), *args, **kwargs)
-
-    # The step-function interface of zaya1.generation (host-side sampling; needs logits on the host, i.e.
-    # compiled without on-device sampling or with output_logits). The state lives on the device.
-    def new_state(self, max_batch: int, max_seq: int) -> "_DeviceState":
-        if max_batch > self.manifest.batch_size:
-            raise InputError(f"a batch of {max_batch} sequences exceeds the compiled batch_size="
-                             f"{self.manifest.batch_size}; split it or recompile with scripts/compile.py --batch-size.")
-        self.reset()
-        return _DeviceState(self.neuron_config.seq_len)
-
-    def prefill(self, input_ids, lengths, seq_ids, state=None) -> torch.Tensor:
-        seq = input_ids.shape[1]
-        positions = torch.arange(seq).expand(input_ids.shape[0], seq)
-        mask = (positions < lengths[:, None]).to(torch.int32)
-        return self._host_logits(self(input_ids=input_ids, attention_mask=mask, position_ids=positions, seq_ids=seq_ids))
-
-    def decode(self, input_ids, positions, seq_ids, state=None, kv_len=None) -> torch.Tensor:
-        mask = (torch.arange(int(positions.max()) + 1)[None] <= positions[:, None]).to(torch.int32)
-        return self._host_logits(self(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, None],
-                                      seq_ids=seq_ids))
-
-    def _host_logits(self, output) -> torch.Tensor:
-        if output.logits is None:
-            raise ConfigError("this model was compiled with on-device sampling and returns no logits; recompile "
-                              "without --on-device-sampling (or with output_logits) to compare logits.")
-        return output.logits[:, -1, :self.config.vocab_size].to(torch.float32)
-
-    def generate(self, input_ids, attention_mask=None, max_new_tokens=32, do_sample=False, temperature=1.0,
-                 top_k=0, top_p=1.0, eos_token_id=None, pad_token_id=None, seed=None, streamer=None):
-        """transformers-style generate through NxDI's HuggingFaceGenerationAdapter (right-padded prompts,
-        on-device sampling when the model was compiled with it)."""
-        from neuronx_distributed_inference.utils.hf_adapter import HuggingFaceGenerationAdapter
-        from transformers import GenerationConfig
-
-        zaya = self.config.zaya_config
-        prompts = split_prompts(input_ids, attention_mask)
-        check_request(self.manifest, len(prompts), [len(p) for p in prompts], max_new_tokens)
-        pad = pad_token_id if pad_token_id is not None else (zaya.pad_token_id or 0)
-        ids, lengths = right_pad(prompts, pad)
-        width = ids.shape[1]
-        mask = (torch.arange(width)[None] < lengths[:, None]).to(torch.long)
-        if seed is not None:
-            torch.manual_seed(seed)
-        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                  top_k=top_k or None, top_p=top_p, pad_token_id=pad,
-                                  eos_token_id=zaya.eos_token_id if eos_token_id is None else eos_token_id)
-        out = HuggingFaceGenerationAdapter(self).generate(
-            ids, attention_mask=mask, generation_config=config,
-            streamer=_CallbackStreamer(streamer) if streamer else None)
-        return torch.cat([input_ids, out[:, width:]], dim=1)
-
-
-class _DeviceState:
-    """Host handle of the state that lives on the NeuronCores (KV cache and aliased CCA buffers)."""
-
-    def __init__(self, max_seq: int):
-        self.max_seq = max_seq
-
-
-class _CallbackStreamer:
-    """transformers' streamer protocol over a ``callback(tokens [B])``; the first put is the prompt."""
-
-    def __init__(self, callback):
-        self.callback, self.prompt_seen = callback, False
-
-    def put(self, value):
-        if self.prompt_seen:
-            self.callback(value.reshape(-1))
-        self.prompt_seen = True
-
-    def end(self):
-        pass
+            past_kv = self.kv_mgr.get_cache(seq_len=self.n_positions, seq_ids=seq_ids)
+            hidden, steps = self.model.decode(input_ids, position_ids[:, 0].to(torch.long), past_kv,
+                                              self.kv_mgr.get_state(input_ids.shape[0]))
+        self.sliced_hidden = True  # hidden is already each sequence's last real token (NxDI's own flag)
+        kv = self.kv_mgr.update_cache(is_for_context_encoding=is_for_context_encoding, seq_ids=seq_ids,
+                                      position_ids=position_ids, seq_len=self.n_positions,
+                                      new_key_values=[[s.key, s.value] for s in steps])
+        state = self.kv_mgr.update_state(is_for_context_encoding, seq_ids, [(s.conv, s.value_prev) for s in steps])
+        return hidden[:, None], kv + state
