@@ -151,11 +151,21 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
         return self._step(input_ids, mask, positions[:, None], seq_ids)
 
     def _step(self, input_ids, mask, positions, seq_ids) -> torch.Tensor:
-        out = self(input_ids=input_ids.cpu(), attention_mask=mask, position_ids=positions.cpu(),
-                   seq_ids=seq_ids.cpu(), sampling_params=self._sampling_params(input_ids.shape[0]))
+        """One NxDI forward with rows sorted by seq_ids (NxDI's cache update writes input row i to cache row i,
+        so vllm-neuron sorts too); results come back in the caller's row order."""
+        seq_ids = seq_ids.cpu()
+        order = torch.argsort(seq_ids)
+        if input_ids.shape[1] > 1 and not self.neuron_config.is_continuous_batching and not torch.equal(
+                seq_ids[order], torch.arange(len(seq_ids))):
+            raise InputError(f"seq_ids={seq_ids.tolist()}: without continuous batching a prefill fills cache rows "
+                             f"0..{len(seq_ids) - 1}; pass a permutation of them, or compile with "
+                             f"--continuous-batching to prefill chosen rows.")
+        out = self(input_ids=input_ids.cpu()[order], attention_mask=mask[order], position_ids=positions.cpu()[order],
+                   seq_ids=seq_ids[order], sampling_params=self._sampling_params(input_ids.shape[0]))
+        restore = torch.argsort(order)
         if self.samples_on_device:
-            return out.tokens.reshape(input_ids.shape[0], -1)[:, -1].to(torch.long)
-        return out.logits[:, -1, :self.config.vocab_size].to(torch.float32)
+            return out.tokens.reshape(input_ids.shape[0], -1)[restore, -1].to(torch.long)
+        return out.logits[restore, -1, :self.config.vocab_size].to(torch.float32)
 
     def _sampling_params(self, batch: int) -> torch.Tensor | None:
         if not self.samples_on_device:

@@ -1,0 +1,302 @@
+"""The Neuron backend run through NxDI's own CPU mode (``NeuronApplicationBase.to_cpu()``), case by case.
+
+Each case builds ``NeuronZayaForCausalLM`` with real NxDI / NxD (only the absent compiler / runtime packages
+are shimmed, see shims/), runs it, and returns what it measured against the references: Zyphra's golden
+outputs (test/data/golden) and zaya1's CPU model (itself tested against upstream transformers and the
+goldens). Assertions live in test_nxdi_cpu.py, so the same cases serve tp 1 (in the pytest process) and
+tp 2 (``torchrun --nproc-per-node 2 cases.py --tp 2 --out results.json``, gloo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "shims"))
+import neuron_sdk_shims  # noqa: E402
+
+neuron_sdk_shims.install()
+
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from zaya1 import ZayaForCausalLM  # noqa: E402
+from zaya1.generation import teacher_forced_logits  # noqa: E402
+from zaya1.neuron import NeuronZayaForCausalLM, ZayaInferenceConfig, ZayaNeuronConfig  # noqa: E402
+
+GOLDEN = HERE.parent / "data" / "golden"
+
+
+def golden_dir(name: str, layout: str) -> Path:
+    return GOLDEN / f"zaya1-original-{name}" / ("hf-layout" if layout == "hf" else "")
+
+
+def golden(name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(GOLDEN / f"zaya1-original-{name}" / "golden.safetensors"))
+
+
+# the golden outputs are the original implementation's: its router-norm eps and skip-expert output
+ORIGINAL_REFERENCE = dict(router_norm_eps=1e-6, skip_expert_output="scaled_input")
+
+
+def neuron_model(path, tp: int, batch: int = 2, seq_len: int = 64, max_context: int = 32, overrides=None,
+                 **neuron_kwargs):
+    """NeuronZayaForCausalLM in NxDI's CPU mode (on_cpu: NxDI's sampler without kernels), float32 (gloo
+    has no bf16 at tp > 1)."""
+    nc = ZayaNeuronConfig(tp_degree=tp, batch_size=batch, seq_len=seq_len, max_context_length=max_context,
+                          torch_dtype=torch.float32, on_cpu=True, **neuron_kwargs)
+    model = NeuronZayaForCausalLM(str(path), ZayaInferenceConfig.from_checkpoint(str(path), nc, **(overrides or {})))
+    model.to_cpu()
+    return model
+
+
+def diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a.double() - b.double()).abs().max().item()
+
+
+def steps(model, prompts: list[torch.Tensor], continuation: torch.Tensor, seq_ids: torch.Tensor, state_len: int):
+    """Step API: right-padded prefill of ragged prompts into rows seq_ids, then decode of ``continuation``
+    [B, n] (teacher forcing) with each row at its own position. -> logits [B, n + 1, V]."""
+    lengths = torch.tensor([len(p) for p in prompts])
+    ids = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, :len(p)] = p
+    state = model.new_state(int(seq_ids.max()) + 1, state_len)
+    out = [model.prefill(ids, lengths, seq_ids, state)]
+    for k in range(continuation.shape[1]):
+        out.append(model.decode(continuation[:, k:k + 1], lengths + k, seq_ids, state, kv_len=state.max_seq))
+    return torch.stack(out, dim=1)
+
+
+# ---------------------------------------------------------------------------------------------- cases
+def case_golden(tp: int, name: str, layout: str) -> dict:
+    """Golden set b (prefill + 7 cached decode steps, greedy) and a (last position) vs Zyphra's outputs."""
+    g, path = golden(name), golden_dir(name, layout)
+    model = neuron_model(path, tp, overrides=ORIGINAL_REFERENCE)
+    cpu = ZayaForCausalLM.from_pretrained(path, **ORIGINAL_REFERENCE)
+    prompts, generated = g["b_prompt_ids"], g["b_generated_ids"]
+    logits = teacher_forced_logits(model, prompts, generated[:, :-1])
+    tokens = model.generate(prompts, max_new_tokens=generated.shape[1], eos_token_id=[])[:, prompts.shape[1]:]
+    return {"vs_golden": diff(logits, g["b_step_logits"]),
+            "vs_cpu": diff(logits, teacher_forced_logits(cpu, prompts, generated[:, :-1])),
+            "last_position_vs_golden": diff(logits[:, 0], g["a_logits"][:, -1]),
+            "tokens_equal_golden": bool((tokens == generated).all())}
+
+
+def case_long_decode(tp: int, name: str = "gqa") -> dict:
+    """Prefill then 12 decode steps (CCA conv + value state carried from CTE to TKG) vs the CPU model."""
+    path = golden_dir(name, "hf")
+    model, cpu = neuron_model(path, tp), ZayaForCausalLM.from_pretrained(path)
+    prompts = golden(name)["a_input_ids"]
+    tokens = cpu.generate(prompts, max_new_tokens=13, eos_token_id=[])[:, prompts.shape[1]:]
+    ours = model.generate(prompts, max_new_tokens=13, eos_token_id=[])[:, prompts.shape[1]:]
+    return {"vs_cpu": diff(teacher_forced_logits(model, prompts, tokens[:, :-1]),
+                           teacher_forced_logits(cpu, prompts, tokens[:, :-1])),
+            "decode_steps": tokens.shape[1] - 1, "tokens_equal": bool((ours == tokens).all())}
+
+
+def case_ragged(tp: int, name: str = "gqa", **neuron_kwargs) -> dict:
+    """A right-padded batch of prompts of 12, 1 and 7 tokens, 9 decode steps each at its own position:
+    every row vs the CPU model on that row alone."""
+    path = golden_dir(name, "hf")
+    model = neuron_model(path, tp, batch=3, **neuron_kwargs)
+    cpu = ZayaForCausalLM.from_pretrained(path)
+    ids = golden(name)["a_input_ids"]
+    prompts = [ids[0], ids[1, :1], ids[1, :7]]
+    worst, tokens_equal = 0.0, True
+    continuation = torch.stack([cpu.generate(p[None], max_new_tokens=10, eos_token_id=[])[0, len(p):] for p in prompts])
+    logits = steps(model, prompts, continuation[:, :-1], torch.arange(3), 64)
+    for row, p in enumerate(prompts):
+        alone = teacher_forced_logits(cpu, p[None], continuation[row:row + 1, :-1])
+        worst = max(worst, diff(logits[row:row + 1], alone))
+        tokens_equal &= bool((logits[row].argmax(-1)[:-1] == continuation[row, :-1]).all())
+    ours = model.generate(torch.nn.utils.rnn.pad_sequence(prompts, batch_first=True),
+                          attention_mask=torch.nn.utils.rnn.pad_sequence([torch.ones_like(p) for p in prompts],
+                                                                         batch_first=True),
+                          max_new_tokens=10, eos_token_id=[])
+    generate_equal = all(bool((ours[r, 12:] == continuation[r]).all()) for r in range(3))
+    return {"vs_cpu_alone": worst, "teacher_forced_argmax_equal": tokens_equal, "generate_equal": generate_equal}
+
+
+def case_buckets(tp: int, name: str = "gqa") -> dict:
+    """Context-encoding buckets 4 / 16 / 32: prompts of 3, 12 and 20 tokens each take another bucket."""
+    path = golden_dir(name, "hf")
+    model = neuron_model(path, tp, batch=1, enable_bucketing=True, context_encoding_buckets=[4, 16, 32],
+                         token_generation_buckets=[64])
+    cpu = ZayaForCausalLM.from_pretrained(path)
+    ids = golden(name)["a_input_ids"].reshape(1, -1)  # 24 tokens
+    worst = {}
+    for n in (3, 12, 20):
+        prompt = ids[:, :n]
+        tokens = cpu.generate(prompt, max_new_tokens=4, eos_token_id=[])[:, n:]
+        worst[n] = diff(teacher_forced_logits(model, prompt, tokens[:, :-1]),
+                        teacher_forced_logits(cpu, prompt, tokens[:, :-1]))
+    return {"vs_cpu_by_prompt_len": worst, "buckets": list(model.neuron_config.context_encoding_buckets)}
+
+
+def case_continuous_batching(tp: int, name: str = "gqa") -> dict:
+    """vLLM-style continuous batching: one sequence per context encoding into cache rows 2, 0, 1 (out of
+    order), then token generation of all rows with seq_ids [2, 0, 1], vs the CPU model's rows."""
+    path = golden_dir(name, "hf")
+    model = neuron_model(path, tp, batch=3, is_continuous_batching=True, ctx_batch_size=1)
+    cpu = ZayaForCausalLM.from_pretrained(path)
+    ids = golden(name)["a_input_ids"]
+    prompts = {2: ids[0, :9], 0: ids[1, :5], 1: ids[0, 3:]}
+    order = torch.tensor([2, 0, 1])
+    expected, actual = [], []
+    for backend, out in ((cpu, expected), (model, actual)):
+        state = backend.new_state(3, 64)
+        firsts = {s: backend.prefill(p[None], torch.tensor([len(p)]), torch.tensor([s]), state)[0]
+                  for s, p in prompts.items()}
+        out.append(torch.stack([firsts[int(s)] for s in order]))
+        positions = torch.tensor([len(prompts[int(s)]) for s in order])
+        token = out[-1].argmax(-1)
+        for k in range(8):
+            out.append(backend.decode(token[:, None], positions + k, order, state, kv_len=64))
+            token = out[-1].argmax(-1)
+    return {"vs_cpu": diff(torch.stack(actual), torch.stack(expected)),
+            "tokens_equal": bool((torch.stack(actual).argmax(-1) == torch.stack(expected).argmax(-1)).all())}
+
+
+def odd_vocab_checkpoint(root: Path, name: str = "gqa") -> Path:
+    """The golden HF-layout model with one more vocabulary row (vocab % 2 != 0)."""
+    src, dst = golden_dir(name, "hf"), root / f"{name}-odd-vocab"
+    if not (dst / "model.safetensors").is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        config = json.loads((src / "config.json").read_text())
+        weights = load_file(str(src / "model.safetensors"))
+        emb = weights["model.embed_tokens.weight"]
+        extra = torch.randn(1, emb.shape[1], generator=torch.Generator().manual_seed(7)) * emb.float().std()
+        weights["model.embed_tokens.weight"] = torch.cat([emb, extra.to(emb.dtype)])
+        config["vocab_size"] = emb.shape[0] + 1
+        save_file(weights, str(dst / "model.safetensors"))
+        (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def case_odd_vocab(tp: int, root: str) -> dict:
+    """vocab_size 385 at tp 2: NxD pads the lm_head; the padded columns must be masked, the real ones not."""
+    path = odd_vocab_checkpoint(Path(root))
+    model, cpu = neuron_model(path, tp), ZayaForCausalLM.from_pretrained(path)
+    prompts = golden("gqa")["a_input_ids"]
+    tokens = cpu.generate(prompts, max_new_tokens=6, eos_token_id=[])[:, prompts.shape[1]:]
+    logits = teacher_forced_logits(model, prompts, tokens[:, :-1])
+    return {"vocab_size": model.config.vocab_size, "vs_cpu": diff(logits, teacher_forced_logits(cpu, prompts, tokens[:, :-1])),
+            "last_column_vs_cpu": diff(logits[..., -1], teacher_forced_logits(cpu, prompts, tokens[:, :-1])[..., -1])}
+
+
+def case_generate(tp: int, name: str = "gqa") -> dict:
+    """generate as a user calls it: greedy, sampled (same seed -> same tokens as the CPU model: temperature
+    and top-p applied once, by the shared sampler), EOS stopping a row early, and streaming."""
+    path = golden_dir(name, "hf")
+    model, cpu = neuron_model(path, tp), ZayaForCausalLM.from_pretrained(path)
+    prompts = golden(name)["a_input_ids"]
+    n = prompts.shape[1]
+    greedy = cpu.generate(prompts, max_new_tokens=8, eos_token_id=[])
+    sampled = dict(do_sample=True, temperature=0.7, top_p=0.9, top_k=50, seed=123, max_new_tokens=8, eos_token_id=[])
+    eos = int(greedy[0, n + 2])  # row 0 stops after 3 tokens
+    streamed = []
+    ours_eos = model.generate(prompts, max_new_tokens=8, eos_token_id=eos, streamer=lambda t: streamed.append(t.clone()))
+    cpu_eos = cpu.generate(prompts, max_new_tokens=8, eos_token_id=eos)
+    return {"greedy_equal": bool((model.generate(prompts, max_new_tokens=8, eos_token_id=[]) == greedy).all()),
+            "sampled_equal": bool((model.generate(prompts, **sampled) == cpu.generate(prompts, **sampled)).all()),
+            "eos_equal": bool(ours_eos.shape == cpu_eos.shape and (ours_eos == cpu_eos).all()),
+            "eos_row_stopped": bool((ours_eos[0, n + 3:] == model.config.pad_token_id).all()),
+            "streamed_equal": bool(torch.equal(torch.stack(streamed, dim=1), ours_eos[:, n:]))}
+
+
+def case_on_device_greedy(tp: int, name: str = "gqa") -> dict:
+    """On-device sampling (NxDI's Sampler, greedy): the device returns tokens; generate == the CPU model's."""
+    from neuronx_distributed_inference.models.config import OnDeviceSamplingConfig
+
+    path = golden_dir(name, "hf")
+    model = neuron_model(path, tp, on_device_sampling_config=OnDeviceSamplingConfig(do_sample=False, top_k=1))
+    cpu = ZayaForCausalLM.from_pretrained(path)
+    prompts = golden(name)["a_input_ids"]
+    ours = model.generate(prompts, max_new_tokens=8, eos_token_id=[])
+    return {"tokens_equal": bool((ours == cpu.generate(prompts, max_new_tokens=8, eos_token_id=[])).all())}
+
+
+def case_on_device_sampling(tp: int, name: str = "gqa", draws: int = 64) -> dict:
+    """On-device sampling with temperature 0.7 and top-p 0.9: the distribution of the first new token over
+    ``draws`` x batch draws vs the CPU sampler's exact distribution (total variation distance)."""
+    from neuronx_distributed_inference.models.config import OnDeviceSamplingConfig
+
+    from zaya1.generation import SamplingParams, sample
+
+    path = golden_dir(name, "hf")
+    batch = 4
+    model = neuron_model(path, tp, batch=batch, on_device_sampling_config=OnDeviceSamplingConfig(
+        do_sample=True, top_k=384, global_topk=384, dynamic=True))
+    cpu = ZayaForCausalLM.from_pretrained(path)
+    prompt = golden(name)["a_input_ids"][:1].expand(batch, -1)
+    params = SamplingParams(True, 0.7, 0, 0.9)
+    counts = torch.zeros(model.config.vocab_size)
+    model._sampling = params
+    for i in range(draws):
+        torch.manual_seed(i)
+        state = model.new_state(batch, 64)
+        tokens = model.prefill(prompt, torch.full((batch,), prompt.shape[1]), torch.arange(batch), state)
+        counts += torch.bincount(tokens, minlength=counts.numel()).float()
+    model._sampling = None
+    logits = cpu(prompt[:1]).logits[0, -1]
+    expected = torch.zeros_like(counts)
+    draws_cpu = 20000
+    gen = torch.Generator().manual_seed(0)
+    expected += torch.bincount(sample(logits.expand(draws_cpu, -1), params, gen), minlength=counts.numel()).float()
+    tv = 0.5 * (counts / counts.sum() - expected / expected.sum()).abs().sum().item()
+    return {"total_variation": tv, "draws": int(counts.sum()), "support": int((counts > 0).sum()),
+            "support_cpu": int((expected > 0).sum())}
+
+
+CASES = {
+    "golden_tiny_original": lambda tp, root: case_golden(tp, "tiny", "original"),
+    "golden_tiny_hf": lambda tp, root: case_golden(tp, "tiny", "hf"),
+    "golden_gqa_original": lambda tp, root: case_golden(tp, "gqa", "original"),
+    "golden_gqa_hf": lambda tp, root: case_golden(tp, "gqa", "hf"),
+    "long_decode": lambda tp, root: case_long_decode(tp),
+    "ragged": lambda tp, root: case_ragged(tp),
+    "buckets": lambda tp, root: case_buckets(tp),
+    "continuous_batching": lambda tp, root: case_continuous_batching(tp),
+    "odd_vocab": lambda tp, root: case_odd_vocab(tp, root),
+    "generate": lambda tp, root: case_generate(tp),
+    "on_device_greedy": lambda tp, root: case_on_device_greedy(tp),
+    "on_device_sampling": lambda tp, root: case_on_device_sampling(tp),
+}
+
+
+def run(names: list[str], tp: int, root: str) -> dict:
+    results = {}
+    for name in names:
+        del neuron_sdk_shims.REACHED[:]
+        try:
+            with torch.inference_mode():
+                results[name] = {"ok": True, **CASES[name](tp, root)}
+        except Exception as exc:  # reported per case; the test shows the traceback
+            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                             "traceback": traceback.format_exc()[-4000:]}
+        results[name]["shims_reached"] = list(neuron_sdk_shims.REACHED)
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--tp", type=int, required=True)
+    p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--root", required=True, help="scratch directory for derived checkpoints")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    results = run(args.cases.split(","), args.tp, args.root)
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
