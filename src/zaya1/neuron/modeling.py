@@ -239,6 +239,10 @@ class NeuronZayaModel(NeuronBaseModel):
             config, conv_shape=((shard.q_heads + shard.kv_heads) * zaya.head_dim, zaya.conv_state_len),
             value_shape=(shard.kv_heads * zaya.head_dim,), num_kv_head=self.num_key_value_heads,
             global_rank=self.rank_util)
+        if self.kv_mgr.k_shape[1] != shard.kv_heads:
+            raise ConfigError(f"NxDI's KV cache holds {self.kv_mgr.k_shape[1]} KV heads per rank but the ZAYA1 plan "
+                              f"{shard.kv_heads} at tp_degree={config.neuron_config.tp_degree}; use a tp_degree that "
+                              f"divides or is a multiple of num_key_value_heads={zaya.num_key_value_heads}.")
 
     # NxDI reads these names; the modules live once, in the core model
     @property
