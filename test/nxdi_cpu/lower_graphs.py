@@ -5,9 +5,14 @@ Run as a script (a fresh process: NxD's parallel state is per process):
     python lower_graphs.py --model DIR|real-width --tp 4 --out graphs.json [--execute]
 
 The model is built the way NxD's tracer builds rank 0 (``mock_distributed`` + ``initialize_model_parallel``;
-trace/model_builder.py), so every module has one rank's shapes at the given tp. The forward runs in NxD's CPU
-mode (NXD_CPU_MODE=1: NxDI's KV update then uses torch ops instead of torch_neuronx's ``xla_hlo_call``), so the
-tensor-parallel collectives are not part of these graphs. For each graph it records the HLO op inventory,
+trace/model_builder.py), so every module has one rank's shapes at the given tp, and its collectives lower to
+HLO all-reduce / all-gather as on device. Two modes:
+* ``--execute`` (tp 1): NxD's CPU mode (NXD_CPU_MODE=1), graphs run and are compared with eager; NxDI's
+  batch KV write then uses torch ops instead of torch_neuronx's ``xla_hlo_call`` custom HLO.
+* otherwise NxD's device mode, lowered only, with continuous batching (vLLM's layout: context encoding of
+  one sequence, whose KV write NxDI does with ``index_put``; its full-batch write is the custom HLO above,
+  which only the Neuron SDK can emit).
+For each graph it records the HLO op inventory,
 torch-xla's ``aten::`` fallback counters (ops run on the host) and the HLO of a second call with other
 lengths / positions (a data-dependent shape would change it). ``--execute`` also runs the graphs and returns
 their outputs for comparison with eager CPU (tp 1 only).
@@ -74,7 +79,7 @@ def lower(model, args: list, n_positions: int, execute: bool) -> dict:
               "ops": inventory(hlo), "aten_fallbacks": fallbacks, "hlo": hlo}
     if execute:
         result["outputs"] = [t.cpu() for t in out]
-    xm.mark_step()  # run what is pending (CPU mode updates the cache in place), so graphs stay separate
+        xm.mark_step()  # run what is pending (CPU mode updates the cache in place), so graphs stay separate
     return result
 
 
@@ -89,16 +94,19 @@ def main() -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     tkg_buckets = [int(b) for b in args.tkg_buckets.split(",")]
+    cb = not args.execute
     nc = ZayaNeuronConfig(tp_degree=args.tp, batch_size=args.batch, seq_len=max(tkg_buckets),
-                          max_context_length=args.bucket, torch_dtype=torch.float32)
+                          max_context_length=args.bucket, torch_dtype=torch.float32, is_continuous_batching=cb,
+                          ctx_batch_size=1 if cb else args.batch)
     if args.model == "real-width":
         zaya = ZayaConfig(**REAL_WIDTH)
         config = ZayaInferenceConfig(nc, load_config=lambda c: setattr(c, "zaya", zaya.to_dict()))
     else:
         config = ZayaInferenceConfig.from_checkpoint(args.model, nc)
     b, s = args.batch, args.bucket
-    graphs = {"cte": (inputs(b, s, lengths=[s, max(1, s // 3)][:b] + [s] * (b - 2)), s),
-              "cte_other_lengths": (inputs(b, s, lengths=[max(1, s // 2), s][:b] + [1] * (b - 2)), s)}
+    cte_b = nc.ctx_batch_size
+    graphs = {"cte": (inputs(cte_b, s, lengths=[s, max(1, s // 3)][:cte_b] + [s] * (cte_b - 2)), s),
+              "cte_other_lengths": (inputs(cte_b, s, lengths=[max(1, s // 2), s][:cte_b] + [1] * (cte_b - 2)), s)}
     for kv in tkg_buckets:
         graphs[f"tkg_{kv}"] = (inputs(b, kv, positions=[kv - 1, kv // 2][:b] + [1] * (b - 2)), kv)
         graphs[f"tkg_{kv}_other_positions"] = (inputs(b, kv, positions=[1, kv - 2][:b] + [kv // 3] * (b - 2)), kv)
@@ -110,14 +118,16 @@ def main() -> None:
         for param in model.parameters():  # random weights of the model's scale (the math is what is lowered)
             if param.is_floating_point() and param.numel() > 1:
                 param.normal_(0, 0.02)
-        os.environ["NXD_CPU_MODE"] = "1"
         eager = None
         if args.execute:  # the same weights, run eagerly on CPU (NxDI's CPU mode)
+            os.environ["NXD_CPU_MODE"] = "1"
             eager = NeuronZayaModel(config).eval()
             eager.load_state_dict(model.state_dict())
         model = model.to(xm.xla_device())
         out = {"tp": args.tp, "model": args.model, "graphs": {}}
         for name, (graph_inputs, n_positions) in graphs.items():
+            # torch-xla chains collectives through one token: start each graph without the last one's
+            torch_xla._XLAC._set_all_reduce_token(xm._get_device_context().device, None)
             result = lower(model, graph_inputs, n_positions, args.execute)
             if eager is not None:
                 eager.n_positions = n_positions
