@@ -781,7 +781,7 @@ def test_source_has_no_code_execution_paths():
         text = file.read_text(encoding="utf-8")
         for pattern in banned:
             assert not re.search(pattern, text), f"{file.name} matches {pattern!r}"
-    assert "trust_remote_code=False" in (SRC / "generation.py").read_text()
+    assert "trust_remote_code=False" in (SRC / "tokenizer.py").read_text()
 
 
 # ---------------------------------------------------------------------------------------------- artifacts

@@ -38,6 +38,8 @@ def assert_matches_upstream_config(ours: zaya1.ZayaConfig, theirs: transformers.
     rope = theirs.rope_parameters
     assert ours.rope_theta == rope["hybrid"]["rope_theta"]
     assert ours.partial_rotary_factor == rope["hybrid"]["partial_rotary_factor"]
+    if "hybrid_sliding" in theirs.layer_types:
+        assert ours.partial_rotary_factor_sliding == rope["hybrid_sliding"].get("partial_rotary_factor", 1.0)
     if "hybrid_sliding" in rope:
         assert ours.rope_theta_sliding == rope["hybrid_sliding"]["rope_theta"]
 
