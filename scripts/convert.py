@@ -18,7 +18,7 @@ from pathlib import Path
 
 from zaya1 import ZayaForCausalLM
 from zaya1.artifacts import save_state_dict_atomic
-from zaya1.cli import run_reporting_errors
+from zaya1.errors import run_reporting_errors
 from zaya1.parallel import neuron_state_dict, rank_state_dicts
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Trace and compile ZAYA1 for Trainium2 ahead of time.
+"""``zaya1 compile`` (also ``python scripts/compile.py``): trace and compile ZAYA1 for Trainium2 ahead of time.
 
-    python scripts/compile.py --model-path /ckpt/ZAYA1-8B --compiled-model-path /ckpts/zaya1-tp4 \
+    zaya1 compile --model-path /ckpt/ZAYA1-8B --compiled-model-path /ckpts/zaya1-tp4 \
         --tp-degree 4 --batch-size 4 --max-context-length 2048 --seq-len 4096 --buckets 512,1024,2048
 
 Prints the sharding plan (per-rank shapes and bytes), buckets and progress; writes the artifacts into a
@@ -13,7 +13,6 @@ directory. ``--dry-run`` validates the settings and prints the plan without the 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
@@ -21,13 +20,18 @@ import torch
 from zaya1 import ZayaConfig
 from zaya1.artifacts import ArtifactManifest, atomic_output_dir
 from zaya1.checkpoint import resolve_dtype
-from zaya1.cli import run_reporting_errors
-from zaya1.errors import ConfigError
+from zaya1.errors import ConfigError, run_reporting_errors
 from zaya1.parallel import check_tp, describe_plan
 
 
-def _ints(text: str | None) -> list[int]:
-    return [int(x) for x in text.split(",")] if text else []
+def _ints(text: str | None, flag: str = "--buckets") -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",")] if text else []
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} must be comma-separated positive integers, e.g. 256,512,1024.") from None
+    if any(v <= 0 for v in values):
+        raise ConfigError(f"{flag} {text!r} must be comma-separated positive integers, e.g. 256,512,1024.")
+    return values
 
 
 def parse_args(argv=None):
@@ -57,7 +61,7 @@ def plan(args) -> tuple[ZayaConfig, ArtifactManifest]:
     manifest = ArtifactManifest.for_checkpoint(
         args.model_path, tp_degree=args.tp_degree, batch_size=args.batch_size, seq_len=args.seq_len,
         max_context_length=args.max_context_length, buckets=_ints(args.buckets), dtype=args.dtype,
-        on_device_sampling=args.on_device_sampling, token_generation_buckets=_ints(args.token_generation_buckets))
+        on_device_sampling=args.on_device_sampling, token_generation_buckets=_ints(args.token_generation_buckets, "--token-generation-buckets"))
     print(f"ZAYA1 {zaya.layout} layout: {zaya.num_hidden_layers} layers, hidden {zaya.hidden_size}, "
           f"{zaya.num_attention_heads} q / {zaya.num_key_value_heads} KV heads of {zaya.head_dim}, "
           f"{zaya.num_experts} experts x {zaya.moe_intermediate_size}, vocab {zaya.vocab_size}")
@@ -74,7 +78,7 @@ def neuron_config(args):
 
     from zaya1.neuron import ZayaNeuronConfig
 
-    ctx_buckets, tkg_buckets = _ints(args.buckets), _ints(args.token_generation_buckets)
+    ctx_buckets, tkg_buckets = _ints(args.buckets), _ints(args.token_generation_buckets, "--token-generation-buckets")
     return ZayaNeuronConfig(
         tp_degree=args.tp_degree, batch_size=args.batch_size, max_context_length=args.max_context_length,
         seq_len=args.seq_len, torch_dtype=resolve_dtype(args.dtype), padding_side="right",
@@ -103,9 +107,6 @@ def compile_model(args) -> int:
 
 
 def main(argv=None) -> int:
-    return run_reporting_errors("compile.py", compile_model, parse_args(argv))
-
-
-if __name__ == "__main__":
     torch.set_grad_enabled(False)
-    sys.exit(main())
+    return run_reporting_errors("zaya1 compile", compile_model, parse_args(argv))
+

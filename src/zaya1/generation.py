@@ -138,16 +138,18 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     eos_t = torch.tensor(opts.eos_token_ids, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     sequences = input_ids.to(device, torch.long)
+    counted = torch.ones_like(sequences, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
     scores, raw_logits = [], []
     positions = lengths.clone()
     for step in range(max_new_tokens):
-        processed = penalize(logits, sequences, params.repetition_penalty)
+        processed = penalize(logits, sequences, params.repetition_penalty, counted)
         if step < opts.min_new_tokens and eos_t.numel():
             processed = processed.index_fill(-1, eos_t, float("-inf"))
         step_scores = warp(processed, params)
         token = pick(step_scores, params, generator)
         token = torch.where(finished, torch.full_like(token, pad), token)
         sequences = torch.cat([sequences, token[:, None]], dim=1)
+        counted = torch.cat([counted, torch.ones_like(counted[:, :1])], dim=1)
         if opts.output_scores:
             scores.append(step_scores)
         if opts.output_logits:

@@ -35,13 +35,18 @@ class SamplingParams:
                              f"(1.0 disables it).")
 
 
-def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """logits [B, V], seen [B, S] token ids so far (padding included, as transformers does): a seen token's
-    logit is divided by ``penalty`` when positive and multiplied by it when negative."""
+def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float,
+             seen_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """logits [B, V], seen [B, S] token ids so far, seen_mask [B, S] (False = padding, not counted): the logit
+    of every seen token is divided by ``penalty`` when positive and multiplied by it when negative."""
     if penalty == 1.0:
         return logits
-    picked = logits.gather(1, seen)
-    return logits.scatter(1, seen, torch.where(picked < 0, picked * penalty, picked / penalty))
+    vocab = logits.shape[-1]
+    if seen_mask is not None:
+        seen = seen.masked_fill(~seen_mask.to(torch.bool), vocab)  # a column past the vocabulary
+    hit = torch.zeros(logits.shape[0], vocab + 1, dtype=torch.bool, device=logits.device)
+    hit = hit.scatter(1, seen, True)[:, :vocab]
+    return torch.where(hit, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
 
 
 def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

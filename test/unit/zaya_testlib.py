@@ -115,3 +115,34 @@ def load_hf(directory: Path, dtype: torch.dtype = torch.float32):
     model = transformers.ZayaForCausalLM.from_pretrained(directory, attn_implementation="eager",
                                                          experts_implementation="eager", dtype=dtype)
     return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<unk>"]  # ids 0-5
+WORDS = ["▁the", "▁cat", "▁sat", "▁on", "▁mat", "▁Hello", "▁world", "▁user", "▁model", "▁capital", "▁of",
+         "▁France", "▁is", "▁Paris", "▁a", "▁dog", "▁ran", "▁and", "▁big", "▁small", "▁red", "▁blue", "▁I",
+         "▁you", "▁it", "▁day", "▁night", "."]
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
+                 "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def save_tokenizer(directory: Path):
+    """A SentencePiece-style tokenizer (Metaspace word spaces, byte fallback for every other character) with
+    a chat template, saved through transformers: like ZAYA1-8B's, plain text gets <bos> ... <end_of_turn>.
+    Returns the transformers tokenizer; its vocabulary (~320 ids) fits a model with vocab_size=320."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["▁"]
+    pieces = ([(s, 0.0) for s in SPECIALS] + [(f"<0x{b:02X}>", -20.0) for b in range(256)]
+              + [(w, -2.0) for w in WORDS] + [(c, -8.0) for c in letters])
+    raw = Tokenizer(models.Unigram(pieces, unk_id=5, byte_fallback=True))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    raw.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    raw.add_special_tokens(SPECIALS)
+    raw.post_processor = processors.TemplateProcessing(single="<bos> $A <end_of_turn>",
+                                                       special_tokens=[("<bos>", 2), ("<end_of_turn>", 4)])
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<bos>", eos_token="<eos>",
+                                               pad_token="<pad>", unk_token="<unk>", chat_template=CHAT_TEMPLATE)
+    tok.save_pretrained(directory)
+    return transformers.AutoTokenizer.from_pretrained(directory)
