@@ -18,30 +18,11 @@ import zaya1
 from zaya1.errors import ConfigError, InputError
 from zaya1.streaming import TextStreamer
 from zaya1.tokenizer import Tokenizer
-from zaya_testlib import ROPE, TOL, build_hf_checkpoint, hf_config, load_hf, max_diff, save_tokenizer
+from zaya_testlib import ROPE, TOL, build_hf_checkpoint, hf_config, load_hf, max_diff
 
 pytestmark = pytest.mark.usefixtures("inference")
 
-VOCAB = 320  # the test tokenizer's ~317 ids fit
-PROMPTS = ["the cat sat on the mat", "Hello world"]
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """An upstream checkpoint with sliding layers, a tokenizer with a chat template and a
-    generation_config.json whose EOS list has a token the first prompt produces early (config.json's EOS,
-    1, is never produced): as chat checkpoints list end-of-turn only there."""
-    path = tmp_path_factory.mktemp("chat")
-    hf = build_hf_checkpoint(path, hf_config("sliding", vocab_size=VOCAB), seed=3)
-    tok = save_tokenizer(path)
-    batch = tok(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
-    free = hf.generate(**batch, max_new_tokens=10, do_sample=False, eos_token_id=[])
-    stop = int(free[0, batch.input_ids.shape[1] + 2])
-    assert stop not in free[1, batch.input_ids.shape[1]:].tolist()[:3], "pick another seed: both rows stop"
-    transformers.GenerationConfig(bos_token_id=2, eos_token_id=[1, stop], pad_token_id=0).save_pretrained(path)
-    hf = load_hf(path)  # reloaded: generation_config.json included
-    return dict(path=path, hf=hf, tok=tok, batch=batch, stop=stop,
-                ours=zaya1.ZayaForCausalLM.from_pretrained(path), zt=Tokenizer.from_pretrained(path))
+PROMPTS = ["the cat sat on the mat", "Hello world"]  # conftest's chat checkpoint's batch
 
 
 def with_generation_config(src, dst, **settings):
@@ -52,24 +33,24 @@ def with_generation_config(src, dst, **settings):
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
-def test_chat_ids_equal_apply_chat_template(ckpt):
+def test_chat_ids_equal_apply_chat_template(chat):
     for text in PROMPTS:
-        expected = ckpt["tok"].apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+        expected = chat.tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                                    tokenize=True, return_dict=True)["input_ids"]
-        assert ckpt["zt"].encode(text, chat=True) == list(expected)
+        assert chat.zt.encode(text, chat=True) == list(expected)
 
 
-def test_plain_text_without_special_tokens(ckpt):
+def test_plain_text_without_special_tokens(chat):
     """ZAYA1-8B-style: the tokenizer appends its end-of-turn to plain text unless asked not to."""
     text = PROMPTS[0]
-    assert ckpt["zt"].encode(text) == ckpt["tok"](text).input_ids
-    assert ckpt["zt"].encode(text)[-1] == 4
-    bare = ckpt["zt"].encode(text, add_special_tokens=False)
-    assert bare == ckpt["tok"](text, add_special_tokens=False).input_ids and 4 not in bare and 2 not in bare
+    assert chat.zt.encode(text) == chat.tok(text).input_ids
+    assert chat.zt.encode(text)[-1] == 4
+    bare = chat.zt.encode(text, add_special_tokens=False)
+    assert bare == chat.tok(text, add_special_tokens=False).input_ids and 4 not in bare and 2 not in bare
 
 
-def test_chat_without_template_is_refused(ckpt, tmp_path):
-    shutil.copytree(ckpt["path"], tmp_path / "c")
+def test_chat_without_template_is_refused(chat, tmp_path):
+    shutil.copytree(chat.path, tmp_path / "c")
     cfg = json.loads((tmp_path / "c" / "tokenizer_config.json").read_text())
     cfg.pop("chat_template", None)
     (tmp_path / "c" / "tokenizer_config.json").write_text(json.dumps(cfg))
@@ -91,42 +72,42 @@ def _stream(streamer_cls, tokenizer, ids: list[int], **kwargs) -> str:
     return buffer.getvalue()
 
 
-def test_text_streamer_keeps_word_spaces_and_multibyte_characters(ckpt):
+def test_text_streamer_keeps_word_spaces_and_multibyte_characters(chat):
     """Metaspace word spaces and characters split over byte tokens: the streamed text is decode(all), and
     what transformers' TextStreamer prints."""
-    ids = ckpt["zt"].encode("the cat sat on 日本 the mat. Hello é world", add_special_tokens=False)
-    assert any(ckpt["zt"].decode([i]) == "\ufffd" for i in ids), "no split multi-byte character in the test"
-    expected = ckpt["zt"].decode(ids)
-    assert " ".join(ckpt["zt"].decode([i]) for i in ids) != expected  # token-by-token decoding is wrong
-    ours = _stream(TextStreamer, ckpt["zt"], ids)
+    ids = chat.zt.encode("the cat sat on 日本 the mat. Hello é world", add_special_tokens=False)
+    assert any(chat.zt.decode([i]) == "\ufffd" for i in ids), "no split multi-byte character in the test"
+    expected = chat.zt.decode(ids)
+    assert " ".join(chat.zt.decode([i]) for i in ids) != expected  # token-by-token decoding is wrong
+    ours = _stream(TextStreamer, chat.zt, ids)
     assert ours == expected + "\n"
     assert "\ufffd" not in ours
-    assert ours == _stream(transformers.TextStreamer, ckpt["tok"], ids, skip_special_tokens=True)
+    assert ours == _stream(transformers.TextStreamer, chat.tok, ids, skip_special_tokens=True)
 
 
-def test_streamer_objects_and_callbacks(ckpt):
+def test_streamer_objects_and_callbacks(chat):
     """transformers' TextStreamer / TextIteratorStreamer (put/end protocol) and a plain callback."""
-    ids = ckpt["batch"].input_ids[1:, -2:]
-    expected = ckpt["hf"].generate(ids, max_new_tokens=8, do_sample=False)
+    ids = chat.batch.input_ids[1:, -2:]
+    expected = chat.hf.generate(ids, max_new_tokens=8, do_sample=False)
     buffer = io.StringIO()
     with redirect_stdout(buffer):
-        got = ckpt["ours"].generate(ids, max_new_tokens=8, streamer=transformers.TextStreamer(ckpt["tok"],
+        got = chat.ours.generate(ids, max_new_tokens=8, streamer=transformers.TextStreamer(chat.tok,
                                                                                                skip_prompt=True))
     assert torch.equal(got, expected)
-    assert buffer.getvalue() == ckpt["tok"].decode(got[0, 2:]) + "\n"
-    iterator = transformers.TextIteratorStreamer(ckpt["tok"], skip_prompt=True, skip_special_tokens=True)
-    ckpt["ours"].generate(ids, max_new_tokens=8, streamer=iterator)
-    assert "".join(iterator) == ckpt["tok"].decode(got[0, 2:], skip_special_tokens=True)
+    assert buffer.getvalue() == chat.tok.decode(got[0, 2:]) + "\n"
+    iterator = transformers.TextIteratorStreamer(chat.tok, skip_prompt=True, skip_special_tokens=True)
+    chat.ours.generate(ids, max_new_tokens=8, streamer=iterator)
+    assert "".join(iterator) == chat.tok.decode(got[0, 2:], skip_special_tokens=True)
     steps = []
-    ckpt["ours"].generate(ids, max_new_tokens=8, streamer=lambda t: steps.append(t.tolist()))
+    chat.ours.generate(ids, max_new_tokens=8, streamer=lambda t: steps.append(t.tolist()))
     assert [s[0] for s in steps] == got[0, 2:].tolist()
 
 
 # ---------------------------------------------------------------------------------------------- loading
 @pytest.mark.parametrize("saved", [torch.float32, torch.bfloat16])
-def test_dtype_auto_and_torch_dtype(ckpt, tmp_path, saved):
+def test_dtype_auto_and_torch_dtype(chat, tmp_path, saved):
     path = tmp_path / "c"
-    load_hf(ckpt["path"]).to(saved).save_pretrained(path)
+    load_hf(chat.path).to(saved).save_pretrained(path)
     upstream = transformers.ZayaForCausalLM.from_pretrained(path, dtype="auto")
     assert zaya1.ZayaForCausalLM.from_pretrained(path, dtype="auto").dtype == upstream.dtype == saved
     assert zaya1.ZayaForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16).dtype == torch.bfloat16
@@ -176,25 +157,25 @@ def test_unknown_activation_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- generate
-def test_generation_config_eos_stops_like_upstream(ckpt):
-    batch = ckpt["batch"]
-    expected = ckpt["hf"].generate(**batch, max_new_tokens=8)  # EOS list from generation_config.json
+def test_generation_config_eos_stops_like_upstream(chat):
+    batch = chat.batch
+    expected = chat.hf.generate(**batch, max_new_tokens=8)  # EOS list from generation_config.json
     width = batch.input_ids.shape[1]
-    stop_at = expected[0, width:].tolist().index(ckpt["stop"])  # row 0 stops at the generation_config.json EOS
+    stop_at = expected[0, width:].tolist().index(chat.stop)  # row 0 stops at the generation_config.json EOS
     assert (expected[0, width + stop_at + 1:] == 0).all() and stop_at < 7
-    got = ckpt["ours"].generate(batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=8)
+    got = chat.ours.generate(batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=8)
     assert torch.equal(got, expected)
     # explicit arguments win over generation_config.json
-    assert torch.equal(ckpt["ours"].generate(batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=8,
+    assert torch.equal(chat.ours.generate(batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=8,
                                              eos_token_id=[]),
-                       ckpt["hf"].generate(**batch, max_new_tokens=8, eos_token_id=None, min_new_tokens=8))
+                       chat.hf.generate(**batch, max_new_tokens=8, eos_token_id=None, min_new_tokens=8))
 
 
-def test_generation_config_sampling_defaults_like_upstream(ckpt, tmp_path):
+def test_generation_config_sampling_defaults_like_upstream(chat, tmp_path):
     """Sampling settings from generation_config.json; the same draws from torch's global RNG as upstream."""
-    hf, ours = with_generation_config(ckpt["path"], tmp_path / "s", do_sample=True, temperature=0.7, top_k=20,
+    hf, ours = with_generation_config(chat.path, tmp_path / "s", do_sample=True, temperature=0.7, top_k=20,
                                       top_p=0.9, repetition_penalty=1.3, max_new_tokens=12, eos_token_id=1)
-    batch = ckpt["batch"]
+    batch = chat.batch
     for seed in range(3):
         torch.manual_seed(seed)
         expected = hf.generate(**batch)
@@ -209,12 +190,12 @@ def test_generation_config_sampling_defaults_like_upstream(ckpt, tmp_path):
                                      repetition_penalty=1.0, max_new_tokens=5), greedy)  # 0 = greedy
 
 
-def test_upstream_integration_test_call(ckpt):
+def test_upstream_integration_test_call(chat):
     """upstream's integration test: generate(..., do_sample=False, top_k=None, top_p=None)."""
-    batch = ckpt["batch"]
+    batch = chat.batch
     kwargs = dict(max_new_tokens=6, do_sample=False, top_k=None, top_p=None, temperature=None)
-    assert torch.equal(ckpt["ours"].generate(batch.input_ids, attention_mask=batch.attention_mask, **kwargs),
-                       ckpt["hf"].generate(**batch, **kwargs))
+    assert torch.equal(chat.ours.generate(batch.input_ids, attention_mask=batch.attention_mask, **kwargs),
+                       chat.hf.generate(**batch, **kwargs))
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -222,19 +203,19 @@ def test_upstream_integration_test_call(ckpt):
     dict(generation_config=transformers.GenerationConfig(max_new_tokens=5, eos_token_id=[], pad_token_id=0)),
     dict(max_new_tokens=6, min_length=14), dict(max_new_tokens=6, repetition_penalty=0.7, eos_token_id=[7, 9]),
 ], ids=["max_length", "min_new_tokens", "repetition_penalty", "GenerationConfig", "min_length", "penalty<1"])
-def test_transformers_generate_arguments(ckpt, kwargs):
-    batch = ckpt["batch"]
-    expected = ckpt["hf"].generate(**batch, do_sample=False, **kwargs)
-    got = ckpt["ours"].generate(batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
+def test_transformers_generate_arguments(chat, kwargs):
+    batch = chat.batch
+    expected = chat.hf.generate(**batch, do_sample=False, **kwargs)
+    got = chat.ours.generate(batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
     assert torch.equal(got, expected)
 
 
-def test_return_dict_with_scores_and_logits(ckpt, report):
-    batch = ckpt["batch"]
+def test_return_dict_with_scores_and_logits(chat, report):
+    batch = chat.batch
     kwargs = dict(max_new_tokens=6, return_dict_in_generate=True, output_scores=True, output_logits=True,
                   repetition_penalty=1.2)
-    expected = ckpt["hf"].generate(**batch, do_sample=False, **kwargs)
-    got = ckpt["ours"].generate(batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
+    expected = chat.hf.generate(**batch, do_sample=False, **kwargs)
+    got = chat.ours.generate(batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
     assert torch.equal(got.sequences, expected.sequences)
     assert len(got.scores) == len(expected.scores) and len(got.logits) == len(expected.logits)
     assert report("generate scores", max(max_diff(a, b) for a, b in zip(got.scores, expected.scores))) <= TOL
@@ -249,9 +230,9 @@ def test_return_dict_with_scores_and_logits(ckpt, report):
     (dict(max_length=3), ["max_length=3", "counts the prompt"]),
     (dict(repetition_penalty=0.0), ["repetition_penalty=0.0"]),
 ])
-def test_unsupported_generate_arguments_are_refused(ckpt, kwargs, fragments):
+def test_unsupported_generate_arguments_are_refused(chat, kwargs, fragments):
     with pytest.raises(InputError) as err:
-        ckpt["ours"].generate(ckpt["batch"].input_ids, max_new_tokens=4, **kwargs) if "max_length" not in kwargs \
-            else ckpt["ours"].generate(ckpt["batch"].input_ids, **kwargs)
+        chat.ours.generate(chat.batch.input_ids, max_new_tokens=4, **kwargs) if "max_length" not in kwargs \
+            else chat.ours.generate(chat.batch.input_ids, **kwargs)
     for fragment in fragments:
         assert fragment in str(err.value)

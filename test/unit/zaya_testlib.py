@@ -68,7 +68,9 @@ def randomize_(model: torch.nn.Module, seed: int, router_state_rms: float = 0.07
         if name.endswith("embed_tokens.weight"):
             normal(p, 0.2)
         elif name == "lm_head.weight":
-            continue  # tied to the embedding
+            if model.config.tie_word_embeddings:
+                continue  # tied to the embedding
+            normal(p, 1 / math.sqrt(p.shape[1]))
         elif "gate.down_proj.weight" in name:
             normal(p, router_state_rms / math.sqrt(p.shape[1]))
         elif "gate.down_proj.bias" in name:
@@ -101,12 +103,15 @@ def randomize_(model: torch.nn.Module, seed: int, router_state_rms: float = 0.07
             b[-1] = -1.0  # the skip class keeps its initial bias (it is never chosen)
 
 
-def build_hf_checkpoint(directory: Path, config: transformers.ZayaConfig, seed: int):
+def build_hf_checkpoint(directory: Path, config: transformers.ZayaConfig, seed: int, prepare=None):
     """Save a random upstream model to ``directory`` (safetensors) and return it reloaded from there, eager,
-    float32: the reference every parity test compares with."""
+    float32: the reference every parity test compares with. ``prepare(model)`` may adjust it before saving."""
     model = transformers.ZayaForCausalLM._from_config(config, attn_implementation="eager",
                                                       experts_implementation="eager", dtype=torch.float32)
     randomize_(model, seed)
+    if prepare is not None:
+        with torch.no_grad():
+            prepare(model)
     model.save_pretrained(directory)
     return load_hf(directory)
 
@@ -124,6 +129,14 @@ WORDS = ["▁the", "▁cat", "▁sat", "▁on", "▁mat", "▁Hello", "▁world"
          "▁you", "▁it", "▁day", "▁night", "."]
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
                  "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def prefer_words_(model) -> None:
+    """An untied lm_head that favours the test tokenizer's whole-word ids (262-289): the model writes words."""
+    words = torch.zeros(model.lm_head.weight.shape[0], dtype=torch.bool)
+    words[262:290] = True
+    model.lm_head.weight[words] *= 2.0
+    model.lm_head.weight[~words] *= 0.05
 
 
 def save_tokenizer(directory: Path):
