@@ -116,6 +116,22 @@ def build_hf_checkpoint(directory: Path, config: transformers.ZayaConfig, seed: 
     return load_hf(directory)
 
 
+def write_large_checkpoint(directory: Path) -> int:
+    """A ~355 MB float32 HF-layout checkpoint of random weights (for peak-memory tests); returns its size."""
+    from safetensors.torch import save_file
+
+    cfg = transformers.ZayaConfig(vocab_size=4096, hidden_size=1024, num_hidden_layers=3, num_attention_heads=8,
+                                  num_key_value_heads=2, head_dim=128, num_experts=8, moe_intermediate_size=1024,
+                                  router_hidden_size=64, tie_word_embeddings=True)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in transformers.ZayaForCausalLM(cfg).state_dict().items()
+                  if k != "lm_head.weight" and "rotary_emb" not in k}
+    gen = torch.Generator().manual_seed(0)
+    save_file({k: torch.randn(s, generator=gen) * 0.02 for k, s in shapes.items()}, directory / "model.safetensors")
+    cfg.save_pretrained(directory)
+    return (directory / "model.safetensors").stat().st_size
+
+
 def load_hf(directory: Path, dtype: torch.dtype = torch.float32):
     model = transformers.ZayaForCausalLM.from_pretrained(directory, attn_implementation="eager",
                                                          experts_implementation="eager", dtype=dtype)
