@@ -3,7 +3,7 @@ and whose one-line message names what is wrong, where (file, tensor key, argumen
 
 Fixtures are built on the fly in tmp_path from the two tiny configs in test/data/bad_inputs (the golden tiny
 model's config in the original and the Hugging Face layout) with random weights; nothing under /work/shared
-is read. ``python test/unit/test_bad_inputs.py`` prints the "What can go wrong" table of the README from
+is read. ``python test/unit/test_bad_inputs.py`` prints the case table of docs/errors.md from
 the messages the cases actually produce.
 """
 
