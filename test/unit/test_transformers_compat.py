@@ -229,6 +229,7 @@ def test_return_dict_with_scores_and_logits(chat, report):
     (dict(generation_config=transformers.GenerationConfig(num_beams=3)), ["num_beams=3"]),
     (dict(max_length=3), ["max_length=3", "counts the prompt"]),
     (dict(repetition_penalty=0.0), ["repetition_penalty=0.0"]),
+    (dict(streamer=42), ["streamer=int must be a callable fn(tokens) or an object with put(tokens) and end()"]),
 ])
 def test_unsupported_generate_arguments_are_refused(chat, kwargs, fragments):
     with pytest.raises(InputError) as err:
@@ -236,3 +237,12 @@ def test_unsupported_generate_arguments_are_refused(chat, kwargs, fragments):
             else chat.ours.generate(chat.batch.input_ids, **kwargs)
     for fragment in fragments:
         assert fragment in str(err.value)
+
+
+def test_empty_prompt_and_broken_generation_config(chat, tmp_path):
+    with pytest.raises(InputError, match=r"input_ids is empty \(shape \[1, 0\]\): an empty prompt"):
+        chat.ours.generate(torch.tensor([[]]))  # float32, as torch.tensor of an empty list is
+    shutil.copytree(chat.path, tmp_path / "c")
+    (tmp_path / "c" / "generation_config.json").write_text("{not json")
+    with pytest.raises(zaya1.CheckpointError, match="generation_config.json is not valid JSON"):
+        zaya1.ZayaForCausalLM.from_pretrained(tmp_path / "c")
