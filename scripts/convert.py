@@ -50,7 +50,8 @@ def convert(args) -> int:
     for rank in range(tp):  # one rank's shards at a time
         shard = {key: shard_tensor(key, tensor, config, tp, rank) for key, tensor in state.items()}
         path = save_state_dict_atomic(shard | rank_extras(state, config, tp, rank),
-                                      out / f"tp{rank}_sharded_checkpoint.safetensors", metadata | {"zaya1_rank": str(rank)})
+                                      out / f"tp{rank}_sharded_checkpoint.safetensors",
+                                      metadata | {"zaya1_rank": str(rank)})
         print(f"wrote {path}")
         del shard
     return 0

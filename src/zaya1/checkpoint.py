@@ -17,8 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .config import ZayaConfig
-from .generation_config import GenerationDefaults
 from .errors import CheckpointError, CheckpointNotFoundError, InputError
+from .generation_config import GenerationDefaults
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}

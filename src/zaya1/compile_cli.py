@@ -35,7 +35,8 @@ def _ints(text: str | None, flag: str = "--buckets") -> list[int]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="zaya1 compile", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-path", required=True, help="checkpoint directory (either layout)")
     p.add_argument("--compiled-model-path", required=True, help="where the compiled artifacts go")
     p.add_argument("--tp-degree", type=int, default=4, help="1, 2, 4 or 8 (trn2.3xlarge at LNC=2: 4 cores)")
@@ -61,7 +62,8 @@ def plan(args) -> tuple[ZayaConfig, ArtifactManifest]:
     manifest = ArtifactManifest.for_checkpoint(
         args.model_path, tp_degree=args.tp_degree, batch_size=args.batch_size, seq_len=args.seq_len,
         max_context_length=args.max_context_length, buckets=_ints(args.buckets), dtype=args.dtype,
-        on_device_sampling=args.on_device_sampling, token_generation_buckets=_ints(args.token_generation_buckets, "--token-generation-buckets"))
+        on_device_sampling=args.on_device_sampling,
+        token_generation_buckets=_ints(args.token_generation_buckets, "--token-generation-buckets"))
     print(f"ZAYA1 {zaya.layout} layout: {zaya.num_hidden_layers} layers, hidden {zaya.hidden_size}, "
           f"{zaya.num_attention_heads} q / {zaya.num_key_value_heads} KV heads of {zaya.head_dim}, "
           f"{zaya.num_experts} experts x {zaya.moe_intermediate_size}, vocab {zaya.vocab_size}")

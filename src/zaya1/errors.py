@@ -1,5 +1,6 @@
-"""Error types, and the one-line report of them at the entry points. Each derives from the builtin a caller would catch for that kind of mistake, and every
-message says what is wrong, where (file, tensor key, argument) and how to fix it."""
+"""Error types, and their one-line report at the entry points. Each derives from the builtin a caller would
+catch for that kind of mistake, and every message says what is wrong, where (file, tensor key, argument)
+and how to fix it."""
 
 import sys
 

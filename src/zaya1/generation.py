@@ -138,7 +138,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     eos_t = torch.tensor(opts.eos_token_ids, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     sequences = input_ids.to(device, torch.long)
-    counted = torch.ones_like(sequences, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
+    counted = (torch.ones_like(sequences, dtype=torch.bool) if attention_mask is None  # [B, S] real tokens
+               else attention_mask.to(device).bool())
     scores, raw_logits = [], []
     positions = lengths.clone()
     for step in range(max_new_tokens):

@@ -103,8 +103,8 @@ class ZayaRouter(nn.Module):
 
 
 class ZayaExperts(nn.Module):
-    """Stacked gated experts (SwiGLU: act = silu). gate_up_proj [E, 2I, H] (rows: gate then up), down_proj [E, H, I];
-    I is this rank's share of moe_intermediate_size."""
+    """Stacked gated experts, act(gate) * up (SwiGLU with ZAYA1's silu). gate_up_proj [E, 2I, H] (rows: gate
+    then up), down_proj [E, H, I]; I is this rank's share of moe_intermediate_size."""
 
     def __init__(self, config: ZayaConfig, intermediate: int, block_size: int = 16):
         super().__init__()
