@@ -140,3 +140,12 @@ def test_compile_command_and_script(command):
                           "--tp-degree", "1", "--seq-len", "256", "--max-context-length", "128", "--dry-run"], capture_output=True, text=True, cwd=root, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "dry run: settings valid" in out.stdout and "ZAYA1 original layout" in out.stdout
+
+
+def test_check_accuracy_without_a_tokenizer():
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "scripts/check_accuracy.py", "--model-path", str(GOLDEN),
+                          "--compiled-model-path", "/tmp/zaya1-none"], capture_output=True, text=True, cwd=root,
+                         timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("check_accuracy.py: error: no tokenizer in ") and out.stderr.count("\n") == 1
