@@ -21,6 +21,7 @@ import sys
 import torch
 
 from zaya1 import ZayaForCausalLM
+from zaya1.errors import run_reporting_errors
 from zaya1.generation import Tokenizer, teacher_forced_logits
 
 
@@ -43,7 +44,10 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the per-position records here")
     p.add_argument("--nxdi-check", action="store_true", help="also run NxDI's check_accuracy_logits_v2")
     args = p.parse_args(argv)
+    return run_reporting_errors("check_accuracy.py", check, p, args)
 
+
+def check(p, args) -> int:
     from zaya1.neuron import NeuronZayaForCausalLM
 
     tokenizer = Tokenizer.from_pretrained(args.model_path)

@@ -17,7 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .config import ZayaConfig
-from .errors import CheckpointError, CheckpointNotFoundError
+from .errors import CheckpointError, CheckpointNotFoundError, InputError
+from .generation_config import GenerationDefaults
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -27,13 +28,32 @@ _ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq")
 
 
-def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+def resolve_dtype(dtype: torch.dtype | str, config: ZayaConfig | None = None) -> torch.dtype:
+    """A torch dtype from a dtype or its name; ``"auto"`` (transformers 5's default) is the dtype the
+    checkpoint's config.json declares."""
+    if dtype == "auto" and config is not None:
+        dtype = config.torch_dtype
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
     if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
         return DTYPES[dtype.lower().removeprefix("torch.")]
     raise CheckpointError(f"dtype={dtype!r} is not supported: pass dtype=torch.float32, torch.bfloat16 or "
-                          f"torch.float16 (or the strings 'float32', 'bfloat16', 'float16').")
+                          f"torch.float16 (or the strings 'float32', 'bfloat16', 'float16', or 'auto' for the "
+                          f"dtype in config.json).")
+
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    """A torch device that exists on this machine (one-line error otherwise)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"device={device!r} is not a torch device ({exc}); pass e.g. 'cpu' or 'cuda'.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={str(device)!r}: this torch ({torch.__version__}) sees no CUDA GPU (CPU-only "
+                         f"build or no driver). Use device='cpu', or install a CUDA build of torch on a GPU machine.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device={str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) are visible.")
+    return device
 
 
 # ---------------------------------------------------------------------------------------------- key tables
@@ -288,13 +308,16 @@ def load_model(cls, path, dtype=torch.float32, device="cpu", tp_degree: int = 1,
     if path.exists() and not path.is_dir():  # a missing path is reported by ZayaConfig.from_pretrained
         raise CheckpointNotFoundError(f"{path} is a file, not a checkpoint directory. Pass the directory that holds "
                                       f"config.json and the *.safetensors files (here probably {path.parent}).")
-    dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
+    if dtype != "auto":
+        dtype = resolve_dtype(dtype)
     cfg = ZayaConfig.from_pretrained(path, **config_overrides)
-    model = cls.empty(cfg, dtype=dtype, device=device)
+    model = cls.empty(cfg, dtype=resolve_dtype(dtype, cfg), device=device)
     load_into(model, cfg, path, check_finite=check_finite)
     model.eval()
-    if tp_degree == 1:
-        return model
-    from .parallel import SimulatedTP
+    if tp_degree > 1:
+        from .parallel import SimulatedTP
 
-    return SimulatedTP.from_model(model, tp_degree)
+        model = SimulatedTP.from_model(model, tp_degree)
+    model.generation_config = GenerationDefaults.from_pretrained(path)
+    return model

@@ -1,58 +1,72 @@
-"""``zaya1`` command line: ``zaya1 generate`` (the main job) and ``zaya1 bench``."""
+"""``zaya1`` command line: ``zaya1 generate`` (the main job), ``zaya1 bench`` and ``zaya1 compile``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from .errors import ZayaError
+from . import __version__, bench, compile_cli
+from .checkpoint import resolve_device
+from .errors import InputError, run_reporting_errors
+from .streaming import TextStreamer
+from .tokenizer import Tokenizer
+
+__all__ = ["main", "run_reporting_errors"]
 
 
-def run_reporting_errors(prog: str, fn, *args) -> int:
-    """fn(*args), with a zaya1 error printed as one line (what, where, how to fix) and exit status 2."""
+def token_ids(text: str) -> list[int]:
+    """--prompt-ids: comma-separated non-negative integers."""
     try:
-        return fn(*args)
-    except ZayaError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        ids = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of token ids (e.g. 2,9259,236888)")
+    if not ids or min(ids) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: token ids are integers >= 0")
+    return ids
 
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint directory (either layout); omit for the embedded random demo model")
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
-    p.add_argument("--prompt-ids", help="comma-separated token ids instead of text")
+    p.add_argument("--prompt-file", action="append", type=Path, help="read a prompt from a file (repeatable)")
+    p.add_argument("--prompt-ids", type=token_ids, help="comma-separated token ids instead of text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the checkpoint's chat template")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--no-special-tokens", action="store_true",
+                   help="encode plain prompts without the tokenizer's special tokens (ZAYA1-8B's tokenizer "
+                        "appends its EOS to plain text; a completion prompt should not end in it)")
+    # None = the checkpoint's generation_config.json, else transformers' default
+    p.add_argument("--max-new-tokens", type=int, help="default: generation_config.json, else 32")
+    p.add_argument("--min-new-tokens", type=int)
+    p.add_argument("--do-sample", action="store_const", const=True, help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, help="0 = greedy")
+    p.add_argument("--top-k", type=int, help="0 = off")
+    p.add_argument("--top-p", type=float, help="1.0 = off")
+    p.add_argument("--repetition-penalty", type=float, help="1.0 = off")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16 | float16 (cpu/cuda backends)")
+    p.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16 | float16 | auto (cpu/cuda backends)")
     p.add_argument("--device", default="cpu", help="torch device for the cpu/cuda backend, e.g. cuda")
     p.add_argument("--tp-degree", type=int, default=1, help="cpu: run the tensor-parallel shards simulated")
     p.add_argument("--fast-kernels", action="store_true",
                    help="cpu bf16: faster matrix products (fp32 accumulation in another order than F.linear)")
     p.add_argument("--backend", choices=("torch", "neuron"), default="torch")
-    p.add_argument("--compiled", help="neuron backend: directory written by scripts/compile.py")
+    p.add_argument("--compiled", help="neuron backend: directory written by zaya1 compile")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming")
 
 
 def load_for_generation(args):
-    """(model, tokenizer or None when token ids are given and the checkpoint has none, label)."""
-    from .generation import Tokenizer
-
+    """(model, tokenizer or None when token ids are given and the checkpoint has none, label, is_demo)."""
     if args.model is None and args.backend == "torch":
         from .demo import demo_model, demo_tokenizer
 
-        return (demo_model().to(args.device), demo_tokenizer(),
-                "DEMO: tiny ZAYA1 with random weights (no --model given); the text is gibberish by design")
+        return (demo_model().to(resolve_device(args.device)), demo_tokenizer(),
+                "DEMO: tiny ZAYA1 with random weights (no --model given); the text is gibberish by design", True)
     if args.backend == "neuron":
         if not args.compiled:
-            raise SystemExit("zaya1: error: --backend neuron needs --compiled DIR (written by scripts/compile.py)")
+            raise InputError("--backend neuron needs --compiled DIR (written by zaya1 compile)")
         from .neuron import NeuronZayaForCausalLM
 
         model = NeuronZayaForCausalLM.from_compiled(args.compiled, model_path=args.model)
@@ -64,11 +78,70 @@ def load_for_generation(args):
                                                tp_degree=args.tp_degree)
         path, label = args.model, args.model
     try:
-        return model, Tokenizer.from_pretrained(path), label
+        return model, Tokenizer.from_pretrained(path), label, False
     except FileNotFoundError:
         if args.prompt_ids:
-            return model, None, label
+            return model, None, label, False
         raise
+
+
+def prompt_rows(args, tokenizer, eos: list[int]) -> list[list[int]]:
+    if args.prompt_ids:
+        return [args.prompt_ids]
+    texts = list(args.prompt or [])
+    for file in args.prompt_file or []:
+        try:
+            texts.append(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--prompt-file {file}: cannot be read as UTF-8 text ({exc}).") from None
+    rows = []
+    for i, text in enumerate(texts or ["The capital of France is"]):
+        if not text:
+            raise InputError(f"prompt {i} is empty: give some text (--prompt / --prompt-file) or --prompt-ids.")
+        ids = tokenizer.encode(text, chat=args.chat, add_special_tokens=not args.no_special_tokens)
+        if not ids:
+            raise InputError(f"prompt {i} ({text[:40]!r}) encodes to no tokens; give some text.")
+        if not args.chat and not args.no_special_tokens and ids[-1] in eos:
+            print(f"zaya1: note: the tokenizer ended prompt {i} with EOS token {ids[-1]}; for a completion "
+                  f"prompt pass --no-special-tokens (or --chat for an instruction)", file=sys.stderr)
+        rows.append(ids)
+    return rows
+
+
+class Timer:
+    """A streamer that timestamps the prompt and every step, forwarding to ``inner`` (a TextStreamer)."""
+
+    def __init__(self, inner=None):
+        self.inner, self.times = inner, []
+
+    def put(self, tokens: torch.Tensor) -> None:
+        self.times.append(time.perf_counter())
+        if self.inner is not None:
+            self.inner.put(tokens)
+
+    def end(self) -> None:
+        if self.inner is not None:
+            self.inner.end()
+
+
+def printable(text: str) -> str:
+    """The demo's random bytes, readable: non-printable characters (and U+FFFD) as escapes."""
+    return "".join(c if c.isprintable() and c != "\ufffd" or c in "\n " else ascii(c)[1:-1] for c in text)
+
+
+def summary(load_s: float, prompt_tokens: int, new_tokens: int, batch: int, times: list[float]) -> list[str]:
+    """llama.cpp-style timings: load, prompt (TTFT), decode tok/s."""
+    ttft = times[1] - times[0]
+    decode = times[-1] - times[1]
+    steps = len(times) - 2
+    lines = [f"load time     = {load_s * 1e3:10.2f} ms",
+             f"prompt eval   = {ttft * 1e3:10.2f} ms / {prompt_tokens:5d} tokens ({prompt_tokens / ttft:8.2f} tok/s)"
+             f"  TTFT {ttft * 1e3:.2f} ms"]
+    if steps > 0:
+        lines.append(f"decode        = {decode * 1e3:10.2f} ms / {steps * batch:5d} tokens "
+                     f"({steps * batch / decode:8.2f} tok/s, {steps} steps x batch {batch})")
+    lines.append(f"total         = {(load_s + times[-1] - times[0]) * 1e3:10.2f} ms / {new_tokens:5d} new tokens")
+    return lines
 
 
 def run_generate(args) -> int:
@@ -76,54 +149,61 @@ def run_generate(args) -> int:
         from .kernels import use_fast_bf16
 
         use_fast_bf16()
-    model, tokenizer, label = load_for_generation(args)
-    if args.prompt_ids:
-        rows = [[int(t) for t in args.prompt_ids.split(",")]]
-    else:
-        rows = [tokenizer.encode(p, chat=args.chat) for p in (args.prompt or ["The capital of France is"])]
+    start = time.perf_counter()
+    model, tokenizer, label, demo = load_for_generation(args)
+    load_s = time.perf_counter() - start
+    defaults = getattr(model, "generation_config", None)
+    eos = list((defaults.values.get("eos_token_id") if defaults else None) or model.config.eos_token_id)
+    eos = [eos] if isinstance(eos, int) else eos
+    rows = prompt_rows(args, tokenizer, eos)
     width = max(len(r) for r in rows)
     pad = model.config.pad_token_id or 0
-    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])  # left-padded, like transformers
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)  # left-padded
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     print(f"[{label}]", file=sys.stderr)
-    stream = not args.no_stream and len(rows) == 1 and tokenizer is not None
-    pieces: list[int] = []
-
-    def streamer(tokens: torch.Tensor) -> None:
-        pieces.append(int(tokens[0]))
-        text = tokenizer.decode(pieces)
-        if not text.endswith("\ufffd"):  # wait for a complete UTF-8 character
-            print(text, end="", flush=True)
-            pieces.clear()
-
-    start = time.perf_counter()
+    stream = not args.no_stream and len(rows) == 1 and tokenizer is not None and not demo
+    timer = Timer(TextStreamer(tokenizer) if stream else None)
     out = model.generate(input_ids, attention_mask=mask, max_new_tokens=args.max_new_tokens,
-                         do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, seed=args.seed, streamer=streamer if stream else None)
-    seconds = time.perf_counter() - start
-    if stream:
-        print(tokenizer.decode(pieces))
-    else:
-        for row in out[:, width:]:
-            print(tokenizer.decode(row.tolist()) if tokenizer else " ".join(map(str, row.tolist())))
-    new = out.shape[1] - width
-    print(f"[{new} new tokens x {len(rows)} sequence(s) in {seconds:.2f} s]", file=sys.stderr)
+                         min_new_tokens=args.min_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                         seed=args.seed, streamer=timer)
+    if not stream:
+        for row in out[:, width:].tolist():
+            if tokenizer is None:
+                print(" ".join(map(str, row)))
+            elif demo:
+                print(f"token ids: {' '.join(map(str, row))}\ntext: {printable(tokenizer.decode(row))}")
+            else:
+                print(tokenizer.decode(row))
+    for line in summary(load_s, int(mask.sum()), out.shape[1] - width, len(rows), timer.times):
+        print("zaya1: " + line, file=sys.stderr)
     return 0
 
 
+def run_bench(args) -> int:
+    if not args.no_hf:
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise InputError("zaya1 bench compares with transformers, which is not installed: pip install "
+                             "'transformers>=5.23,<5.40' (or pip install -e '.[hf]'), or pass --no-hf to time "
+                             "zaya1 alone.") from None
+    return bench.run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compile"]:  # its own parser (zaya1.compile_cli, also scripts/compile.py)
+        return compile_cli.main(argv[1:])
     parser = argparse.ArgumentParser(prog="zaya1", description="ZAYA1 inference")
+    parser.add_argument("--version", action="version",
+                        version=f"zaya1 {__version__} (torch {torch.__version__}, python {sys.version.split()[0]})")
     sub = parser.add_subparsers(dest="command", required=True)
     _generate_arguments(sub.add_parser("generate", help="generate text from a prompt"))
-    bench = sub.add_parser("bench", help="benchmark zaya1 against transformers (scripts/benchmark.py)")
-    try:
-        from . import bench as bench_module
-
-        bench_module.add_arguments(bench)
-    except ImportError:
-        bench_module = None
+    bench.add_arguments(sub.add_parser("bench", help="benchmark zaya1 against transformers (scripts/benchmark.py)"))
+    sub.add_parser("compile", help="compile for Trainium2 (zaya1 compile --help)", add_help=False)
     args = parser.parse_args(argv)
-    return run_reporting_errors("zaya1", run_generate if args.command == "generate" else bench_module.run, args)
+    return run_reporting_errors("zaya1", run_generate if args.command == "generate" else run_bench, args)
 
 
 if __name__ == "__main__":

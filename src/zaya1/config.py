@@ -46,7 +46,9 @@ class ZayaConfig:
     sliding_window: int | None = None  # keys with q_pos - k_pos < sliding_window (current token counted)
     rope_theta: float = 5_000_000.0
     rope_theta_sliding: float = 10_000.0
-    partial_rotary_factor: float = 0.5
+    partial_rotary_factor: float = 0.5  # full-attention layers
+    partial_rotary_factor_sliding: float = 0.5  # sliding-window layers (hf: rope_parameters per layer type)
+    hidden_act: str = "silu"  # the experts' gate activation (SwiGLU with silu in every released ZAYA1)
     max_position_embeddings: int = 131072
     tie_word_embeddings: bool = True
     pad_token_id: int | None = 0
@@ -74,8 +76,10 @@ class ZayaConfig:
         return self.cca_time0 - 1 + self.cca_time1 - 1
 
     @property
-    def rotary_dim(self) -> int:
-        return int(self.head_dim * self.partial_rotary_factor)
+    def rotary_dims(self) -> dict[str, int]:
+        """Rotated dims per head for each layer type, as upstream's ``int(head_dim * partial_rotary_factor)``."""
+        return {FULL: int(self.head_dim * self.partial_rotary_factor),
+                SLIDING: int(self.head_dim * self.partial_rotary_factor_sliding)}
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -97,9 +101,13 @@ class ZayaConfig:
              f"num_attention_heads={self.num_attention_heads} is not a multiple of "
              f"num_key_value_heads={self.num_key_value_heads}",
              "Each KV head must serve the same number of query heads.")
-        need(self.head_dim % 2 == 0 and 0 < self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0,
-             f"partial_rotary_factor={self.partial_rotary_factor} with head_dim={self.head_dim} gives "
-             f"rotary_dim={self.rotary_dim}", "It must give an even number of rotated dims <= head_dim.")
+        for kind, name in ((FULL, "partial_rotary_factor"), (SLIDING, "partial_rotary_factor_sliding")):
+            factor, dim = getattr(self, name), self.rotary_dims[kind]
+            need(self.head_dim % 2 == 0 and 0 < dim <= self.head_dim and dim % 2 == 0,
+                 f"{name}={factor} ({kind} layers) with head_dim={self.head_dim} gives rotary_dim={dim}",
+                 "It must give an even number of rotated dims <= head_dim.")
+        need(isinstance(self.hidden_act, str) and bool(self.hidden_act),
+             f"hidden_act={self.hidden_act!r} must be an activation name such as 'silu'", "Fix config.json.")
         need((self.num_key_value_heads * self.head_dim) % 2 == 0,
              "num_key_value_heads * head_dim must be even (half current-token, half previous-token values)",
              "Fix config.json.")
@@ -266,8 +274,6 @@ def _fields_from_hf(raw: dict) -> dict:
     if _int(raw, "num_experts_per_tok", 1) != 1:
         raise ConfigError(f"num_experts_per_tok={raw['num_experts_per_tok']} is not supported: ZAYA1 routes "
                           f"top-1. Set it to 1.")
-    if raw.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"hidden_act={raw['hidden_act']!r} is not supported; ZAYA1 experts use 'silu'.")
     layers = _int(raw, "num_hidden_layers")
     type_map = {"hybrid": FULL, "hybrid_sliding": SLIDING}
     types = raw.get("layer_types") or ["hybrid"] * layers
@@ -276,12 +282,15 @@ def _fields_from_hf(raw: dict) -> dict:
     unknown = sorted({str(t) for t in types if t not in type_map})
     if unknown:
         raise ConfigError(f"unknown layer type(s) {unknown} in layer_types; supported: {sorted(type_map)}.")
+    # upstream: without rope_parameters both layer types rotate half of each head; a layer type's own dict
+    # without partial_rotary_factor rotates all of it (its rope init's default, 1.0); a layer type without a
+    # dict has no layers (upstream fails on it otherwise)
     rope = _dict(raw, "rope_parameters")
-    full = _dict(rope, "hybrid")
-    sliding = _dict(rope, "hybrid_sliding")
+    full, sliding = _dict(rope, "hybrid"), _dict(rope, "hybrid_sliding")
     for params in (full, sliding):
         if params.get("rope_type", "default") != "default":
             raise ConfigError(f"rope_type={params['rope_type']!r} is not supported; ZAYA1 uses 'default'.")
+    rotary_default = 0.5 if not rope else 1.0
     eps = _float(raw, "rms_norm_eps", 1e-5)
     num_heads = _int(raw, "num_attention_heads")
     return dict(
@@ -300,7 +309,9 @@ def _fields_from_hf(raw: dict) -> dict:
         sliding_window=_int(raw, "sliding_window"),
         rope_theta=_float(full, "rope_theta", _float(raw, "rope_theta", 5_000_000.0)),
         rope_theta_sliding=_float(sliding, "rope_theta", 10_000.0),
-        partial_rotary_factor=_float(full, "partial_rotary_factor", 0.5),
+        partial_rotary_factor=_float(full, "partial_rotary_factor", rotary_default),
+        partial_rotary_factor_sliding=_float(sliding or full, "partial_rotary_factor", rotary_default),
+        hidden_act=raw.get("hidden_act", "silu"),
         max_position_embeddings=_int(raw, "max_position_embeddings", 131072),
         layout="hf",
     )
@@ -383,6 +394,7 @@ def _fields_from_original(raw: dict) -> dict:
         rope_theta=_float(raw, "rope_theta") or 10_000.0,
         rope_theta_sliding=_float(raw, "swa_rotary_base") or 10_000.0,
         partial_rotary_factor=_float(raw, "partial_rotary_factor", 0.5),
+        partial_rotary_factor_sliding=_float(raw, "partial_rotary_factor", 0.5),
         max_position_embeddings=_int(raw, "max_position_embeddings", 4096),
         layout="original",
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .config import ZayaConfig
-from .generation import Tokenizer
+from .tokenizer import Tokenizer
 from .model import ZayaForCausalLM
 
 SPECIALS = ["<pad>", "<eos>", "<bos>"]  # ids 0, 1, 2; the 256 bytes follow

@@ -1,5 +1,8 @@
-"""Error types. Each derives from the builtin a caller would catch for that kind of mistake, and every
-message says what is wrong, where (file, tensor key, argument) and how to fix it."""
+"""Error types, and their one-line report at the entry points. Each derives from the builtin a caller would
+catch for that kind of mistake, and every message says what is wrong, where (file, tensor key, argument)
+and how to fix it."""
+
+import sys
 
 
 class ZayaError(Exception):
@@ -29,3 +32,12 @@ class ArtifactError(ZayaError, ValueError):
 
 class NeuronUnavailableError(ZayaError, ImportError):
     """The Neuron SDK (torch-neuronx, neuronx-distributed, NxDI) is not installed."""
+
+
+def run_reporting_errors(prog: str, fn, *args) -> int:
+    """fn(*args), with a zaya1 error printed as one line (what, where, how to fix) and exit status 2."""
+    try:
+        return fn(*args)
+    except ZayaError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2

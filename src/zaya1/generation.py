@@ -1,5 +1,5 @@
 """Generation over the static-state step functions: batching of ragged prompts, greedy and sampled decoding,
-EOS handling, streaming, and the tokenizer that comes with a checkpoint.
+EOS handling and streaming, with transformers' ``generate`` arguments and generation-config defaults.
 
 Any model with ``config``, ``new_state(max_batch, max_seq)``, ``prefill(ids, lengths, seq_ids, state)`` and
 ``decode(ids, positions, seq_ids, state, kv_len)`` generates through ``generate``: the plain PyTorch model,
@@ -8,52 +8,23 @@ the simulated tensor-parallel one, and the Neuron one.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any
 
 import torch
 
-from .errors import CheckpointError, CheckpointNotFoundError, InputError
-
-
-@dataclass
-class SamplingParams:
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
-
-    def validate(self) -> None:
-        if (isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float))
-                or not math.isfinite(self.temperature) or self.temperature <= 0):
-            raise InputError(f"temperature={self.temperature!r} must be a finite number > 0 (for greedy decoding "
-                             f"use do_sample=False and leave temperature at 1.0).")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise InputError(f"top_k={self.top_k!r} must be an integer >= 0 (0 disables top-k).")
-        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            raise InputError(f"top_p={self.top_p!r} must be in (0, 1] (1 disables nucleus sampling).")
-
-
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits [B, V] -> token ids [B]: argmax, or temperature -> top-k -> top-p -> multinomial."""
-    if not params.do_sample:
-        return logits.argmax(dim=-1)
-    logits = logits.to(torch.float32) / params.temperature
-    if params.top_k:
-        kth = torch.topk(logits, min(params.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) >= params.top_p  # keeps the first token
-        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
+from .errors import InputError
+from .generation_config import resolve
+from .sampling import SamplingParams, penalize, pick, sample, warp  # noqa: F401  (SamplingParams, sample: API)
+from .streaming import as_streamer
+from .tokenizer import Tokenizer  # noqa: F401  (the checkpoint's tokenizer, zaya1.generation.Tokenizer)
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids",
                     attention_mask: torch.Tensor | None = None) -> None:
+    if isinstance(input_ids, torch.Tensor) and input_ids.numel() == 0:
+        raise InputError(f"{name} is empty (shape {list(input_ids.shape)}): an empty prompt has nothing to condition "
+                         f"on. Give at least one token: shape [batch, seq] with batch >= 1 and seq >= 1.")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
         raise InputError(f"{name} must be an integer tensor of token ids (e.g. torch.tensor([[...]])), got "
                          f"{getattr(input_ids, 'dtype', type(input_ids).__name__)}.")
@@ -99,29 +70,40 @@ def bucket(length: int, multiple: int, limit: int) -> int:
     return min(-(-length // multiple) * multiple, limit)
 
 
+@dataclass
+class GenerateOutput:
+    """``return_dict_in_generate=True``: as transformers' GenerateDecoderOnlyOutput. ``scores``: per step the
+    processed scores [B, V] the token was chosen from (``output_scores``); ``logits``: the raw logits."""
+
+    sequences: torch.Tensor
+    scores: tuple[torch.Tensor, ...] | None = None
+    logits: tuple[torch.Tensor, ...] | None = None
+
+
 @torch.inference_mode()
-def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 32,
-             do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-             seed: int | None = None, streamer: Callable[[torch.Tensor], None] | None = None,
-             max_seq_len: int | None = None) -> torch.Tensor:
+def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, seed: int | None = None,
+             streamer=None, max_seq_len: int | None = None, **kwargs: Any):
     """Generate for a batch of prompts of different lengths (left- or right-padded with ``attention_mask``).
 
-    Returns ``input_ids`` followed by the new tokens [B, prompt + n]; sequences that hit an EOS token are
-    padded with ``pad_token_id`` after it, as transformers does. ``streamer(tokens [B])`` is called after
-    every step. ``eos_token_id`` defaults to the config's (pass ``[]`` to never stop early)."""
+    Returns ``input_ids`` followed by the new tokens [B, prompt + n] (or a ``GenerateOutput`` with
+    ``return_dict_in_generate=True``); sequences that hit an EOS token are padded with ``pad_token_id``
+    after it, as transformers does. Takes transformers' arguments: ``max_new_tokens`` / ``max_length``,
+    ``min_new_tokens`` / ``min_length``, ``do_sample``, ``temperature`` (0 = greedy), ``top_k``, ``top_p``,
+    ``repetition_penalty``, ``eos_token_id`` (``[]`` never stops), ``pad_token_id``, ``output_scores``,
+    ``output_logits``, ``return_dict_in_generate`` and ``generation_config`` (a GenerationConfig or dict);
+    ``None`` means not given. Defaults come from ``generation_config`` or the model's
+    generation_config.json, then transformers' (max_new_tokens 32 here). ``streamer``: a callback
+    ``fn(tokens [B])`` after every step, or a transformers-style streamer (``put`` / ``end``). ``seed``
+    draws samples from a private generator (else torch's global RNG, as transformers)."""
     cfg = model.config
     if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
         input_ids = input_ids[None]
         attention_mask = None if attention_mask is None else attention_mask[None]
     check_token_ids(input_ids, cfg.vocab_size, attention_mask=attention_mask)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-        raise InputError(f"max_new_tokens={max_new_tokens!r} must be a positive integer.")
-    params = SamplingParams(do_sample, temperature, top_k, top_p)
-    params.validate()
-    eos = cfg.eos_token_id if eos_token_id is None else (
-        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
-    pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id or 0)
+    opts = resolve(getattr(model, "generation_config", None), cfg.eos_token_id, cfg.pad_token_id,
+                   input_ids.shape[1], kwargs)
+    max_new_tokens, params, pad = opts.max_new_tokens, opts.sampling, opts.pad_token_id
+    streamer = as_streamer(streamer)
 
     prompts = split_prompts(input_ids, attention_mask)
     batch, device = len(prompts), model.device
@@ -142,6 +124,11 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
         raise InputError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "
                          f"{longest + max_new_tokens} exceeds the maximum sequence length {limit} ({source}). "
                          f"Lower max_new_tokens to at most {limit - longest} or shorten the prompt.")
+    if getattr(model, "samples_on_device", False):  # its steps return tokens sampled with these params
+        if opts.min_new_tokens or opts.output_scores or opts.output_logits or params.repetition_penalty != 1.0:
+            raise InputError("min_new_tokens, repetition_penalty, output_scores and output_logits need logits on "
+                             "the host; this model samples on its device (compiled with on-device sampling).")
+        model.configure_sampling(params)
     state = model.new_state(batch, bucket(longest + max_new_tokens, 64, limit))
     generator = None
     if seed is not None:
@@ -149,25 +136,47 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 
     ids, _ = right_pad(prompts, pad, bucket(longest, 16, state.max_seq), device)
     seq_ids = torch.arange(batch, device=device)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
     logits = model.prefill(ids, lengths, seq_ids, state)
 
-    eos_t = torch.tensor(eos, dtype=torch.long, device=device)
+    eos_t = torch.tensor(opts.eos_token_ids, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    new_tokens = []
+    sequences = input_ids.to(device, torch.long)
+    counted = (torch.ones_like(sequences, dtype=torch.bool) if attention_mask is None  # [B, S] real tokens
+               else attention_mask.to(device).bool())
+    scores, raw_logits = [], []
     positions = lengths.clone()
     for step in range(max_new_tokens):
-        token = logits if not logits.is_floating_point() else sample(logits, params, generator)  # tokens: sampled on device
+        if logits.is_floating_point():
+            processed = penalize(logits, sequences, params.repetition_penalty, counted)
+            if step < opts.min_new_tokens and eos_t.numel():
+                processed = processed.index_fill(-1, eos_t, float("-inf"))
+            step_scores = warp(processed, params)
+            token = pick(step_scores, params, generator)
+        else:  # the backend sampled on its device
+            token = logits
         token = torch.where(finished, torch.full_like(token, pad), token)
-        new_tokens.append(token)
+        sequences = torch.cat([sequences, token[:, None]], dim=1)
+        counted = torch.cat([counted, torch.ones_like(counted[:, :1])], dim=1)
+        if opts.output_scores:
+            scores.append(step_scores)
+        if opts.output_logits:
+            raw_logits.append(logits.to(torch.float32))
         if streamer is not None:
-            streamer(token)
+            streamer.put(token.cpu())
         finished = finished | torch.isin(token, eos_t)
         if step == max_new_tokens - 1 or bool(finished.all()):
             break
         logits = model.decode(token[:, None], positions, seq_ids, state,
                               kv_len=bucket(int(positions.max()) + 1, 64, state.max_seq))
         positions = positions + 1
-    return torch.cat([input_ids.to(device), torch.stack(new_tokens, dim=1)], dim=1)
+    if streamer is not None:
+        streamer.end()
+    if not opts.return_dict:
+        return sequences
+    return GenerateOutput(sequences, tuple(scores) if opts.output_scores else None,
+                          tuple(raw_logits) if opts.output_logits else None)
 
 
 @torch.inference_mode()
@@ -184,57 +193,3 @@ def teacher_forced_logits(model, prompts: torch.Tensor, continuation: torch.Tens
         logits.append(model.decode(continuation[:, k:k + 1], positions, seq_ids, state,
                                    kv_len=bucket(seq + k + 1, 64, state.max_seq)))
     return torch.stack(logits, dim=1)
-
-
-# ---------------------------------------------------------------------------------------------- tokenizer
-class Tokenizer:
-    """The checkpoint's tokenizer: transformers' AutoTokenizer when installed (chat templates), otherwise the
-    ``tokenizers`` library on tokenizer.json. Never runs code from the checkpoint."""
-
-    def __init__(self, backend, eos_token_ids: list[int] | None = None):
-        self.backend = backend
-        self.eos_token_ids = eos_token_ids or []
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> "Tokenizer":
-        path = Path(path)
-        if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
-            raise CheckpointNotFoundError(
-                f"no tokenizer in {path} (tokenizer.json / tokenizer_config.json missing). Copy the checkpoint's "
-                f"tokenizer files there, or pass token ids directly (zaya1 generate --prompt-ids ...).")
-        try:
-            from transformers import AutoTokenizer
-        except ImportError:
-            AutoTokenizer = None
-        try:
-            if AutoTokenizer is not None:
-                return cls(AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True))
-            from tokenizers import Tokenizer as RawTokenizer
-
-            if not (path / "tokenizer.json").is_file():
-                raise CheckpointNotFoundError(f"{path / 'tokenizer.json'} is missing and transformers is not "
-                                              f"installed to read tokenizer_config.json: copy tokenizer.json there "
-                                              f"or pip install transformers.")
-            return cls(RawTokenizer.from_file(str(path / "tokenizer.json")))
-        except CheckpointNotFoundError:
-            raise
-        except Exception as exc:  # transformers / tokenizers raise many types (ValueError, OSError, Exception)
-            detail = " ".join(str(exc).split())[:300]
-            raise CheckpointError(f"the tokenizer files in {path} (tokenizer.json / tokenizer_config.json) cannot be "
-                                  f"loaded ({type(exc).__name__}: {detail}). Copy them again from the original "
-                                  f"checkpoint.") from exc
-
-    @property
-    def has_chat_template(self) -> bool:
-        return bool(getattr(self.backend, "chat_template", None))
-
-    def encode(self, text: str, chat: bool = False) -> list[int]:
-        if chat and self.has_chat_template:
-            return list(self.backend.apply_chat_template([{"role": "user", "content": text}],
-                                                         add_generation_prompt=True, tokenize=True))
-        if hasattr(self.backend, "encode_batch"):  # tokenizers.Tokenizer
-            return self.backend.encode(text).ids
-        return self.backend.encode(text)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.backend.decode(list(ids), skip_special_tokens=True)

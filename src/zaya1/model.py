@@ -121,7 +121,7 @@ class ZayaModel(nn.Module):
     def rope(self, positions: torch.Tensor) -> dict:
         cfg = self.config
         thetas = {"full": cfg.rope_theta, SLIDING: cfg.rope_theta_sliding}
-        return {kind: rope_cos_sin(positions, thetas[kind], cfg.rotary_dim, self.dtype)
+        return {kind: rope_cos_sin(positions, thetas[kind], cfg.rotary_dims[kind], self.dtype)
                 for kind in sorted(set(cfg.layer_types))}
 
     def zero_states(self, batch: int, device=None) -> list:
@@ -227,11 +227,15 @@ class ZayaForCausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str = torch.float32, device="cpu",
-                        tp_degree: int = 1, check_finite: bool = False, **config_overrides):
-        """Load a checkpoint directory of either layout. ``tp_degree > 1`` returns a ``SimulatedTP`` model
-        that runs the per-rank shards of the Neuron sharding plan in one process."""
+                        tp_degree: int = 1, check_finite: bool = False, torch_dtype=None, **config_overrides):
+        """Load a checkpoint directory of either layout. ``dtype="auto"`` takes the dtype config.json declares
+        (``torch_dtype`` is transformers 4's name for ``dtype``); the generation defaults of
+        generation_config.json become ``model.generation_config``. ``tp_degree > 1`` returns a ``SimulatedTP``
+        model that runs the per-rank shards of the Neuron sharding plan in one process."""
         from .checkpoint import load_model
 
+        if torch_dtype is not None:
+            dtype = torch_dtype
         return load_model(cls, path, dtype=dtype, device=device, tp_degree=tp_degree,
                           check_finite=check_finite, **config_overrides)
 

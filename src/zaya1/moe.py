@@ -35,7 +35,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ZayaConfig
+from .errors import ConfigError
 from .kernels import Linear, linear, use_cpu_bf16_kernels, widen
+
+# the activations of transformers' ACT2FN that are one torch function (the same computation)
+_ACTIVATIONS = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh,
+                "sigmoid": torch.sigmoid, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+def activation(name: str):
+    """The experts' gate activation by its transformers name (config ``hidden_act``): a torch function, or
+    transformers' own ACT2FN entry for the rest of its table."""
+    if name in _ACTIVATIONS:
+        return _ACTIVATIONS[name]
+    try:
+        from transformers.activations import ACT2FN
+    except ImportError:
+        raise ConfigError(f"hidden_act={name!r} needs transformers' activation table (pip install transformers); "
+                          f"without it zaya1 knows {sorted(_ACTIVATIONS)}.") from None
+    if name not in ACT2FN:
+        raise ConfigError(f"hidden_act={name!r} is not an activation transformers knows; use one of "
+                          f"{sorted(ACT2FN)}.")
+    return ACT2FN[name]
 
 
 class RMSNorm(nn.Module):
@@ -82,19 +103,19 @@ class ZayaRouter(nn.Module):
 
 
 class ZayaExperts(nn.Module):
-    """Stacked SwiGLU experts. gate_up_proj [E, 2I, H] (rows: gate then up), down_proj [E, H, I];
-    I is this rank's share of moe_intermediate_size."""
+    """Stacked gated experts, act(gate) * up (SwiGLU with ZAYA1's silu). gate_up_proj [E, 2I, H] (rows: gate
+    then up), down_proj [E, H, I]; I is this rank's share of moe_intermediate_size."""
 
     def __init__(self, config: ZayaConfig, intermediate: int, block_size: int = 16):
         super().__init__()
         self.num_experts, self.block_size = config.num_experts, block_size
+        self.act = activation(config.hidden_act)
         self.gate_up_proj = nn.Parameter(torch.empty(config.num_experts, 2 * intermediate, config.hidden_size))
         self.down_proj = nn.Parameter(torch.empty(config.num_experts, config.hidden_size, intermediate))
 
-    @staticmethod
-    def _swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    def _swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
         gate, up = gate_up.chunk(2, dim=-1)
-        return F.silu(gate) * up
+        return self.act(gate) * up
 
     def gather(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """x [T, H], expert [T] in [0, E), weight [T] -> [T, H]; reads T expert weight sets."""

@@ -1,6 +1,6 @@
 """trn2 integration suite: runs only where the Neuron SDK is installed (skipped with the reason elsewhere).
 
-Environment (see README "Running on Trainium2"):
+Environment (see docs/trainium.md):
   ZAYA1_CHECKPOINT     real ZAYA1 checkpoint directory (either layout, with its tokenizer); tests that need
                        real weights skip without it
   ZAYA1_TP             tensor parallel degree (default 4: trn2.3xlarge at NEURON_LOGICAL_NC_CONFIG=2)
@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config, items):
     if sdk_available():
         return
     skip = pytest.mark.skip(reason=f"Neuron SDK not installed ({', '.join(missing_sdk_packages())} missing): "
-                                   f"the integration suite runs on a trn2 instance (README 'Running on Trainium2')")
+                                   f"the integration suite runs on a trn2 instance (docs/trainium.md)")
     for item in items:
         if item.path.is_relative_to(Path(__file__).parent):
             item.add_marker(skip)

@@ -239,13 +239,12 @@ def case_on_device_sampling(tp: int, name: str = "gqa", draws: int = 128) -> dic
     prompt = golden(name)["a_input_ids"][:1].expand(batch, -1)
     params = SamplingParams(True, 0.7, 0, 0.9)
     counts = torch.zeros(model.config.vocab_size)
-    model._sampling = params
+    model.configure_sampling(params)
     for i in range(draws):
         torch.manual_seed(i)
         state = model.new_state(batch, 64)
         tokens = model.prefill(prompt, torch.full((batch,), prompt.shape[1]), torch.arange(batch), state)
         counts += torch.bincount(tokens, minlength=counts.numel()).float()
-    model._sampling = None
     logits = cpu(prompt[:1]).logits[0, -1]
 
     def cpu_distribution(p: SamplingParams) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny random upstream checkpoints (built once per session) and a report of every measured
-parity number, printed at the end of the run."""
+"""Shared fixtures: tiny random upstream checkpoints (built once per session), one with a tokenizer, chat
+template and generation_config.json, and a report of every measured parity number, printed at the end."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # zaya_testlib
 
 import zaya1  # noqa: E402
-from zaya_testlib import build_hf_checkpoint, hf_config  # noqa: E402
+import transformers  # noqa: E402
+
+from zaya1.tokenizer import Tokenizer  # noqa: E402
+from zaya_testlib import build_hf_checkpoint, hf_config, load_hf, prefer_words_, save_tokenizer  # noqa: E402
 
 _REPORT: list[tuple[str, float]] = []
 
@@ -65,3 +68,25 @@ class TinyModels:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> TinyModels:
     return TinyModels(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def chat(tmp_path_factory):
+    """An upstream checkpoint with sliding layers, a tokenizer with a chat template and a
+    generation_config.json whose EOS list has <end_of_turn> and a token the first prompt produces early
+    (config.json's EOS, 1, is never produced): as chat checkpoints list end-of-turn only there."""
+    path = tmp_path_factory.mktemp("chat")
+    hf = build_hf_checkpoint(path, hf_config("sliding", vocab_size=320, tie_word_embeddings=False), seed=1,
+                             prepare=prefer_words_)  # the tokenizer has ~317 ids
+    tok = save_tokenizer(path)
+    batch = tok(["the cat sat on the mat", "Hello world"], return_tensors="pt", padding=True, padding_side="left")
+    free = hf.generate(**batch, max_new_tokens=10, do_sample=False, eos_token_id=[])
+    width = batch.input_ids.shape[1]
+    row0, row1 = free[0, width:].tolist(), free[1, width:].tolist()
+    stops = [t for t in row0[1:6] if t not in row1 and t not in row0[:1]]  # stops row 0 early, never row 1
+    assert stops, f"pick another seed: no early stop token for row 0 alone ({row0} / {row1})"
+    stop = stops[0]
+    transformers.GenerationConfig(bos_token_id=2, eos_token_id=[1, 4, stop], pad_token_id=0).save_pretrained(path)
+    hf = load_hf(path)  # reloaded: generation_config.json included
+    return SimpleNamespace(path=path, hf=hf, tok=tok, batch=batch, stop=stop,
+                           ours=zaya1.ZayaForCausalLM.from_pretrained(path), zt=Tokenizer.from_pretrained(path))

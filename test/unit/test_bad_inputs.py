@@ -3,7 +3,7 @@ and whose one-line message names what is wrong, where (file, tensor key, argumen
 
 Fixtures are built on the fly in tmp_path from the two tiny configs in test/data/bad_inputs (the golden tiny
 model's config in the original and the Hugging Face layout) with random weights; nothing under /work/shared
-is read. ``python test/unit/test_bad_inputs.py`` prints the "What can go wrong" table of the README from
+is read. ``python test/unit/test_bad_inputs.py`` prints the case table of docs/errors.md from
 the messages the cases actually produce.
 """
 
@@ -781,7 +781,7 @@ def test_source_has_no_code_execution_paths():
         text = file.read_text(encoding="utf-8")
         for pattern in banned:
             assert not re.search(pattern, text), f"{file.name} matches {pattern!r}"
-    assert "trust_remote_code=False" in (SRC / "generation.py").read_text()
+    assert "trust_remote_code=False" in (SRC / "tokenizer.py").read_text()
 
 
 # ---------------------------------------------------------------------------------------------- artifacts

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import zaya1
-from zaya_testlib import GOLDEN_DIR, GOLDEN_SETS, TINY_CONFIGS, TOL, max_diff
+from zaya_testlib import GOLDEN_DIR, GOLDEN_SETS, TINY_CONFIGS, TOL, max_diff, write_large_checkpoint
 
 pytestmark = pytest.mark.usefixtures("inference")
 
@@ -38,6 +38,8 @@ def assert_matches_upstream_config(ours: zaya1.ZayaConfig, theirs: transformers.
     rope = theirs.rope_parameters
     assert ours.rope_theta == rope["hybrid"]["rope_theta"]
     assert ours.partial_rotary_factor == rope["hybrid"]["partial_rotary_factor"]
+    if "hybrid_sliding" in theirs.layer_types:
+        assert ours.partial_rotary_factor_sliding == rope["hybrid_sliding"].get("partial_rotary_factor", 1.0)
     if "hybrid_sliding" in rope:
         assert ours.rope_theta_sliding == rope["hybrid_sliding"]["rope_theta"]
 
@@ -174,16 +176,7 @@ print(json.dumps({"before": before, "after": peak_rss(),
 def test_peak_memory_of_loading(tmp_path):
     """Loading a ~355 MB fp32 checkpoint grows the peak RSS by at most 1.6x the file size (one model plus
     about one tensor; reading the whole file through one memory map would make it ~2x)."""
-    cfg = transformers.ZayaConfig(vocab_size=4096, hidden_size=1024, num_hidden_layers=3, num_attention_heads=8,
-                                  num_key_value_heads=2, head_dim=128, num_experts=8, moe_intermediate_size=1024,
-                                  router_hidden_size=64, tie_word_embeddings=True)
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in transformers.ZayaForCausalLM(cfg).state_dict().items()
-                  if k != "lm_head.weight" and "rotary_emb" not in k}
-    gen = torch.Generator().manual_seed(0)
-    save_file({k: torch.randn(s, generator=gen) * 0.02 for k, s in shapes.items()}, tmp_path / "model.safetensors")
-    cfg.save_pretrained(tmp_path)
-    size = (tmp_path / "model.safetensors").stat().st_size
+    size = write_large_checkpoint(tmp_path)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
     run = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tmp_path)], capture_output=True, text=True,
                          env=env, timeout=300)

@@ -68,7 +68,9 @@ def randomize_(model: torch.nn.Module, seed: int, router_state_rms: float = 0.07
         if name.endswith("embed_tokens.weight"):
             normal(p, 0.2)
         elif name == "lm_head.weight":
-            continue  # tied to the embedding
+            if model.config.tie_word_embeddings:
+                continue  # tied to the embedding
+            normal(p, 1 / math.sqrt(p.shape[1]))
         elif "gate.down_proj.weight" in name:
             normal(p, router_state_rms / math.sqrt(p.shape[1]))
         elif "gate.down_proj.bias" in name:
@@ -101,17 +103,75 @@ def randomize_(model: torch.nn.Module, seed: int, router_state_rms: float = 0.07
             b[-1] = -1.0  # the skip class keeps its initial bias (it is never chosen)
 
 
-def build_hf_checkpoint(directory: Path, config: transformers.ZayaConfig, seed: int):
+def build_hf_checkpoint(directory: Path, config: transformers.ZayaConfig, seed: int, prepare=None):
     """Save a random upstream model to ``directory`` (safetensors) and return it reloaded from there, eager,
-    float32: the reference every parity test compares with."""
+    float32: the reference every parity test compares with. ``prepare(model)`` may adjust it before saving."""
     model = transformers.ZayaForCausalLM._from_config(config, attn_implementation="eager",
                                                       experts_implementation="eager", dtype=torch.float32)
     randomize_(model, seed)
+    if prepare is not None:
+        with torch.no_grad():
+            prepare(model)
     model.save_pretrained(directory)
     return load_hf(directory)
+
+
+def write_large_checkpoint(directory: Path) -> int:
+    """A ~355 MB float32 HF-layout checkpoint of random weights (for peak-memory tests); returns its size."""
+    from safetensors.torch import save_file
+
+    cfg = transformers.ZayaConfig(vocab_size=4096, hidden_size=1024, num_hidden_layers=3, num_attention_heads=8,
+                                  num_key_value_heads=2, head_dim=128, num_experts=8, moe_intermediate_size=1024,
+                                  router_hidden_size=64, tie_word_embeddings=True)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in transformers.ZayaForCausalLM(cfg).state_dict().items()
+                  if k != "lm_head.weight" and "rotary_emb" not in k}
+    gen = torch.Generator().manual_seed(0)
+    save_file({k: torch.randn(s, generator=gen) * 0.02 for k, s in shapes.items()}, directory / "model.safetensors")
+    cfg.save_pretrained(directory)
+    return (directory / "model.safetensors").stat().st_size
 
 
 def load_hf(directory: Path, dtype: torch.dtype = torch.float32):
     model = transformers.ZayaForCausalLM.from_pretrained(directory, attn_implementation="eager",
                                                          experts_implementation="eager", dtype=dtype)
     return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<unk>"]  # ids 0-5
+WORDS = ["▁the", "▁cat", "▁sat", "▁on", "▁mat", "▁Hello", "▁world", "▁user", "▁model", "▁capital", "▁of",
+         "▁France", "▁is", "▁Paris", "▁a", "▁dog", "▁ran", "▁and", "▁big", "▁small", "▁red", "▁blue", "▁I",
+         "▁you", "▁it", "▁day", "▁night", "."]
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
+                 "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def prefer_words_(model) -> None:
+    """An untied lm_head that favours the test tokenizer's whole-word ids (262-289): the model writes words."""
+    words = torch.zeros(model.lm_head.weight.shape[0], dtype=torch.bool)
+    words[262:290] = True
+    model.lm_head.weight[words] *= 2.0
+    model.lm_head.weight[~words] *= 0.05
+
+
+def save_tokenizer(directory: Path):
+    """A SentencePiece-style tokenizer (Metaspace word spaces, byte fallback for every other character) with
+    a chat template, saved through transformers: like ZAYA1-8B's, plain text gets <bos> ... <end_of_turn>.
+    Returns the transformers tokenizer; its vocabulary (~320 ids) fits a model with vocab_size=320."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["▁"]
+    pieces = ([(s, 0.0) for s in SPECIALS] + [(f"<0x{b:02X}>", -20.0) for b in range(256)]
+              + [(w, -2.0) for w in WORDS] + [(c, -8.0) for c in letters])
+    raw = Tokenizer(models.Unigram(pieces, unk_id=5, byte_fallback=True))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    raw.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    raw.add_special_tokens(SPECIALS)
+    raw.post_processor = processors.TemplateProcessing(single="<bos> $A <end_of_turn>",
+                                                       special_tokens=[("<bos>", 2), ("<end_of_turn>", 4)])
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<bos>", eos_token="<eos>",
+                                               pad_token="<pad>", unk_token="<unk>", chat_template=CHAT_TEMPLATE)
+    tok.save_pretrained(directory)
+    return transformers.AutoTokenizer.from_pretrained(directory)

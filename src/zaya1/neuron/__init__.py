@@ -39,6 +39,8 @@ class _Unavailable(type):
 
 
 if sdk_available():
+    from neuronx_distributed_inference.models.config import OnDeviceSamplingConfig
+
     from .application import NeuronZayaForCausalLM
     from .modeling import NeuronZayaModel, ZayaInferenceConfig, ZayaNeuronConfig
 else:
@@ -46,6 +48,7 @@ else:
     NeuronZayaModel = _Unavailable("NeuronZayaModel", (), {"__module__": __name__})
     ZayaInferenceConfig = _Unavailable("ZayaInferenceConfig", (), {"__module__": __name__})
     ZayaNeuronConfig = _Unavailable("ZayaNeuronConfig", (), {"__module__": __name__})
+    OnDeviceSamplingConfig = _Unavailable("OnDeviceSamplingConfig", (), {"__module__": __name__})
 
 MODEL_TYPE = "zaya"  # vllm-neuron looks up architectures[0] "ZayaForCausalLM" -> "zaya" / "causal-lm"
 
@@ -63,5 +66,6 @@ def register() -> None:
     MODEL_TYPES[MODEL_TYPE] = {"causal-lm": NeuronZayaForCausalLM}
 
 
-__all__ = ["NeuronZayaForCausalLM", "NeuronZayaModel", "ZayaInferenceConfig", "ZayaNeuronConfig", "register",
+__all__ = ["NeuronZayaForCausalLM", "NeuronZayaModel", "ZayaInferenceConfig", "ZayaNeuronConfig", "OnDeviceSamplingConfig",
+           "register",
            "sdk_available", "INSTALL_HINT"]

@@ -42,7 +42,7 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
 
     _model_cls = NeuronZayaModel
     manifest: ArtifactManifest | None = None  # set by load() / to_cpu()
-    _sampling: SamplingParams | None = None  # the running generate()'s, for on-device sampling
+    _sampling: SamplingParams | None = None  # for on-device sampling: configure_sampling()
     device = torch.device("cpu")  # where step inputs and outputs live (the host)
 
     @classmethod
@@ -176,28 +176,24 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
         top_k = params.top_k or self.config.vocab_size
         return prepare_sampling_params(batch, top_k=[top_k], top_p=[params.top_p], temperature=[params.temperature])
 
-    # ------------------------------------------------------------------ generation
-    def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:
-        """zaya1.generation.generate on this backend (prompts checked against the compiled shapes). With
-        on-device sampling the device samples (temperature / top-k / top-p applied there, once)."""
-        if self.manifest is None:
-            raise ArtifactError("the model is neither loaded nor in CPU mode: call from_compiled(...) / load(dir) "
-                                "or to_cpu() first.")
-        prompts = split_prompts(input_ids if input_ids.dim() == 2 else input_ids[None],
-                                attention_mask if attention_mask is None or attention_mask.dim() == 2
-                                else attention_mask[None])
-        check_request(self.manifest, len(prompts), [len(p) for p in prompts], kwargs.get("max_new_tokens", 32))
-        sampling = SamplingParams(kwargs.get("do_sample", False), kwargs.get("temperature", 1.0),
-                                  kwargs.get("top_k", 0), kwargs.get("top_p", 1.0))
+    def configure_sampling(self, params: SamplingParams) -> None:
+        """What on-device sampling applies in the following steps (zaya1.generation calls it)."""
         ods = self.neuron_config.on_device_sampling_config
-        if ods is not None and sampling.do_sample and not ods.do_sample:
+        if params.do_sample and not ods.do_sample:
             raise InputError("do_sample=True, but this model was compiled with greedy on-device sampling; "
                              "recompile with sampling on device (OnDeviceSamplingConfig(do_sample=True)) or "
                              "without on-device sampling.")
-        self._sampling = sampling
-        try:
-            return generate(self, input_ids, attention_mask=attention_mask, max_seq_len=self.neuron_config.seq_len,
-                            **kwargs)
-        finally:
-            self._sampling = None
+        self._sampling = params
 
+    # ------------------------------------------------------------------ generation
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        """zaya1.generation.generate on this backend (prompts checked against the compiled shapes first)."""
+        if self.manifest is None:
+            raise ArtifactError("the model is neither loaded nor in CPU mode: call from_compiled(...) / load(dir) "
+                                "or to_cpu() first.")
+        ids = input_ids if input_ids.dim() == 2 else input_ids[None]
+        mask = attention_mask if attention_mask is None or attention_mask.dim() == 2 else attention_mask[None]
+        prompts = split_prompts(ids, mask)
+        check_request(self.manifest, len(prompts), [len(p) for p in prompts], kwargs.get("max_new_tokens") or 1)
+        return generate(self, input_ids, attention_mask=attention_mask, max_seq_len=self.neuron_config.seq_len,
+                        **kwargs)

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""``zaya1 compile`` (also ``python scripts/compile.py``): trace and compile ZAYA1 for Trainium2 ahead of time.
+
+    zaya1 compile --model-path /ckpt/ZAYA1-8B --compiled-model-path /ckpts/zaya1-tp4 \
+        --tp-degree 4 --batch-size 4 --max-context-length 2048 --seq-len 4096 --buckets 512,1024,2048
+
+Prints the sharding plan (per-rank shapes and bytes), buckets and progress; writes the artifacts into a
+temporary sibling directory and moves it into place only when the compile has finished, with a manifest
+(zaya1-artifacts.json, written last) that ``NeuronZayaForCausalLM.load`` checks: artifacts made for another
+tp degree, batch, length, dtype, checkpoint or SDK version are refused. A lock keeps two compiles out of one
+directory. ``--dry-run`` validates the settings and prints the plan without the Neuron SDK.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from zaya1 import ZayaConfig
+from zaya1.artifacts import ArtifactManifest, atomic_output_dir
+from zaya1.checkpoint import resolve_dtype
+from zaya1.errors import ConfigError, run_reporting_errors
+from zaya1.parallel import check_tp, describe_plan
+
+
+def _ints(text: str | None, flag: str = "--buckets") -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",")] if text else []
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} must be comma-separated positive integers, e.g. 256,512,1024.") from None
+    if any(v <= 0 for v in values):
+        raise ConfigError(f"{flag} {text!r} must be comma-separated positive integers, e.g. 256,512,1024.")
+    return values
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="zaya1 compile", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-path", required=True, help="checkpoint directory (either layout)")
+    p.add_argument("--compiled-model-path", required=True, help="where the compiled artifacts go")
+    p.add_argument("--tp-degree", type=int, default=4, help="1, 2, 4 or 8 (trn2.3xlarge at LNC=2: 4 cores)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--max-context-length", type=int, default=1024, help="longest prompt")
+    p.add_argument("--seq-len", type=int, default=2048, help="prompt + generated tokens")
+    p.add_argument("--buckets", help="context-encoding buckets, e.g. 256,512,1024 (default: one bucket)")
+    p.add_argument("--token-generation-buckets", help="KV-length buckets for token generation")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--on-device-sampling", action="store_true", help="sample on device (no logits on host)")
+    p.add_argument("--continuous-batching", action="store_true", help="for vLLM: prefill one sequence at a time")
+    p.add_argument("--no-save-sharded", action="store_true", help="shard weights at load time instead")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the plan; no Neuron SDK needed")
+    return p.parse_args(argv)
+
+
+def plan(args) -> tuple[ZayaConfig, ArtifactManifest]:
+    zaya = ZayaConfig.from_pretrained(args.model_path)
+    check_tp(zaya, args.tp_degree)
+    if args.seq_len > zaya.max_position_embeddings:
+        raise ConfigError(f"--seq-len {args.seq_len} exceeds max_position_embeddings={zaya.max_position_embeddings} "
+                          f"of {args.model_path}/config.json; lower --seq-len.")
+    manifest = ArtifactManifest.for_checkpoint(
+        args.model_path, tp_degree=args.tp_degree, batch_size=args.batch_size, seq_len=args.seq_len,
+        max_context_length=args.max_context_length, buckets=_ints(args.buckets), dtype=args.dtype,
+        on_device_sampling=args.on_device_sampling,
+        token_generation_buckets=_ints(args.token_generation_buckets, "--token-generation-buckets"))
+    print(f"ZAYA1 {zaya.layout} layout: {zaya.num_hidden_layers} layers, hidden {zaya.hidden_size}, "
+          f"{zaya.num_attention_heads} q / {zaya.num_key_value_heads} KV heads of {zaya.head_dim}, "
+          f"{zaya.num_experts} experts x {zaya.moe_intermediate_size}, vocab {zaya.vocab_size}")
+    for line in describe_plan(zaya, args.tp_degree, args.batch_size, args.seq_len, resolve_dtype(args.dtype)):
+        print("  " + line)
+    print(f"  context-encoding buckets {manifest.buckets}, token-generation buckets "
+          f"{manifest.token_generation_buckets}, batch {args.batch_size}, dtype {manifest.dtype}, "
+          f"on-device sampling {'on' if args.on_device_sampling else 'off'}")
+    return zaya, manifest
+
+
+def neuron_config(args):
+    from zaya1.neuron import OnDeviceSamplingConfig, ZayaNeuronConfig
+
+    ctx_buckets, tkg_buckets = _ints(args.buckets), _ints(args.token_generation_buckets, "--token-generation-buckets")
+    return ZayaNeuronConfig(
+        tp_degree=args.tp_degree, batch_size=args.batch_size, max_context_length=args.max_context_length,
+        seq_len=args.seq_len, torch_dtype=resolve_dtype(args.dtype), padding_side="right",
+        enable_bucketing=bool(ctx_buckets or tkg_buckets), context_encoding_buckets=ctx_buckets or None,
+        token_generation_buckets=tkg_buckets or None, is_continuous_batching=args.continuous_batching,
+        ctx_batch_size=1 if args.continuous_batching else args.batch_size,
+        on_device_sampling_config=OnDeviceSamplingConfig() if args.on_device_sampling else None,
+        save_sharded_checkpoint=not args.no_save_sharded)
+
+
+def compile_model(args) -> int:
+    _, manifest = plan(args)
+    if args.dry_run:
+        print("dry run: settings valid, nothing compiled")
+        return 0
+    from zaya1.neuron import NeuronZayaForCausalLM, ZayaInferenceConfig
+
+    config = ZayaInferenceConfig.from_checkpoint(args.model_path, neuron_config(args))
+    start = time.perf_counter()
+    with atomic_output_dir(args.compiled_model_path, manifest) as tmp:
+        print(f"compiling into {tmp} (moved to {args.compiled_model_path} when complete) ...", flush=True)
+        model = NeuronZayaForCausalLM(args.model_path, config)
+        model.compile(str(tmp).rstrip("/") + "/")
+    print(f"compiled in {time.perf_counter() - start:.0f} s -> {args.compiled_model_path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    torch.set_grad_enabled(False)
+    return run_reporting_errors("zaya1 compile", compile_model, parse_args(argv))
+

@@ -1,0 +1,151 @@
+"""``zaya1`` as a user runs it, on the upstream-saved chat checkpoint (conftest ``chat``): streaming equals
+the final text, --chat, --temperature 0, generation_config defaults, the timing summary, --prompt-file,
+--no-special-tokens, --version, the demo, ``zaya1 compile``, and one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import zaya1
+from zaya1.cli import main
+
+pytestmark = pytest.mark.usefixtures("inference")
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden" / "zaya1-original-tiny"
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def generate(capsys, chat, *argv):
+    return run(capsys, "generate", "--model", chat.path, "--dtype", "float32", *argv)
+
+
+def upstream_text(chat, ids: list[int], **kwargs) -> str:
+    out = chat.hf.generate(torch.tensor([ids]), do_sample=False, **kwargs)
+    return chat.tok.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("prompt", ["the cat sat on the mat", "Hello world"])
+def test_streamed_text_equals_the_final_text(capsys, chat, prompt):
+    code, streamed, _ = generate(capsys, chat, "--prompt", prompt, "--max-new-tokens", 20)
+    assert code == 0
+    code, final, _ = generate(capsys, chat, "--prompt", prompt, "--max-new-tokens", 20, "--no-stream")
+    assert code == 0 and streamed == final
+    assert final.rstrip("\n") == upstream_text(chat, chat.tok(prompt).input_ids, max_new_tokens=20)
+    assert " " in final.strip()  # word spaces survived
+
+
+def test_chat(capsys, chat):
+    ids = chat.tok.apply_chat_template([{"role": "user", "content": "Hello world"}], add_generation_prompt=True,
+                                       tokenize=True, return_dict=True)["input_ids"]
+    code, out, _ = generate(capsys, chat, "--chat", "--prompt", "Hello world", "--max-new-tokens", 12, "--no-stream")
+    assert code == 0 and out.rstrip("\n") == upstream_text(chat, list(ids), max_new_tokens=12)
+
+
+def test_temperature_zero_is_greedy_and_generation_config_defaults_apply(capsys, chat):
+    prompt = "the cat sat on the mat"
+    code, out, _ = generate(capsys, chat, "--prompt", prompt, "--do-sample", "--temperature", 0, "--no-stream")
+    assert code == 0
+    # no --max-new-tokens: generation_config.json's EOS stops the row as upstream does (its max is 32 here)
+    assert out.rstrip("\n") == upstream_text(chat, chat.tok(prompt).input_ids, max_new_tokens=32)
+
+
+def test_prompt_file_and_no_special_tokens(capsys, chat, tmp_path):
+    prompt = "the cat sat on the mat"
+    (tmp_path / "p.txt").write_text(prompt)
+    code, from_file, err = generate(capsys, chat, "--prompt-file", tmp_path / "p.txt", "--max-new-tokens", 6)
+    assert code == 0 and "ended prompt 0 with EOS token 4" in err and "--no-special-tokens" in err
+    assert from_file == generate(capsys, chat, "--prompt", prompt, "--max-new-tokens", 6)[1]
+    code, bare, err = generate(capsys, chat, "--prompt", prompt, "--max-new-tokens", 6, "--no-special-tokens",
+                               "--no-stream")
+    assert code == 0 and "EOS" not in err
+    assert bare.rstrip("\n") == upstream_text(chat, chat.tok(prompt, add_special_tokens=False).input_ids,
+                                              max_new_tokens=6)
+
+
+def test_summary_like_llama_cpp(capsys, chat):
+    code, _, err = generate(capsys, chat, "--prompt", "Hello world", "--max-new-tokens", 5, "--min-new-tokens", 5)
+    assert code == 0
+    lines = [line for line in err.splitlines() if line.startswith("zaya1: ") and " = " in line]
+    assert [line.split("=")[0].split()[1] for line in lines] == ["load", "prompt", "decode", "total"]
+    assert "/     4 tokens" in lines[1] and "TTFT" in lines[1]  # <bos> Hello world <end_of_turn>
+    assert "4 steps x batch 1" in lines[2] and "tok/s" in lines[2] and "5 new tokens" in lines[3]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith(f"zaya1 {zaya1.__version__} (torch ")
+
+
+def test_demo_prints_ids_and_readable_text(capsys):
+    code, out, err = run(capsys, "generate", "--max-new-tokens", 6)
+    assert code == 0 and "DEMO" in err
+    ids_line, text_line = out.splitlines()
+    assert len(ids_line.removeprefix("token ids: ").split()) == 6 and text_line.startswith("text: ")
+    assert text_line.isprintable() and "\ufffd" not in text_line
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["generate", "--prompt-ids", "a,b"], ["argument --prompt-ids", "'a,b' is not a comma-separated list"]),
+    (["generate", "--prompt", ""], ["zaya1: error: prompt 0 is empty"]),
+    (["generate", "--device", "cuda:7"], ["zaya1: error: device='cuda:7'"]),
+    (["generate", "--device", "gpu"], ["zaya1: error: device='gpu' is not a torch device"]),
+    (["generate", "--backend", "neuron"], ["zaya1: error: --backend neuron needs --compiled DIR"]),
+    (["compile", "--model-path", GOLDEN, "--compiled-model-path", "/tmp/x", "--buckets", "a", "--tp-degree", 1,
+      "--seq-len", 256, "--max-context-length", 128, "--dry-run"],
+     ["zaya1 compile: error: --buckets 'a' must be comma-separated positive integers"]),
+])
+def test_one_line_errors(capsys, argv, fragments):
+    if "cuda:7" in argv and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_cuda_on_cpu_only_torch(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run(capsys, "generate", "--device", "cuda")
+    assert code == 2 and "sees no CUDA GPU" in err and "device='cpu'" in err
+
+
+def test_bench_without_transformers(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
+    code, _, err = run(capsys, "bench", "--model", GOLDEN / "hf-layout")
+    assert code == 2 and "transformers, which is not installed" in err and "--no-hf" in err
+
+
+@pytest.mark.parametrize("command", [["zaya1", "compile"], [sys.executable, "scripts/compile.py"]])
+def test_compile_command_and_script(command):
+    root = Path(__file__).resolve().parents[2]
+    exe = Path(sys.executable).with_name("zaya1")
+    if command[0] == "zaya1":
+        command = [str(exe), "compile"]
+    out = subprocess.run([*command, "--model-path", str(GOLDEN), "--compiled-model-path", "/tmp/zaya1-none",
+                          "--tp-degree", "1", "--seq-len", "256", "--max-context-length", "128", "--dry-run"], capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "dry run: settings valid" in out.stdout and "ZAYA1 original layout" in out.stdout
+
+
+def test_check_accuracy_without_a_tokenizer():
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "scripts/check_accuracy.py", "--model-path", str(GOLDEN),
+                          "--compiled-model-path", "/tmp/zaya1-none"], capture_output=True, text=True, cwd=root,
+                         timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("check_accuracy.py: error: no tokenizer in ") and out.stderr.count("\n") == 1
