@@ -7,7 +7,7 @@ keep (name, opcode, output shapes, operands, attributes) and derive:
   (reshape, transpose, convert, copy, bitcast) is a gather / dynamic-slice / slice; then it is the elements
   those selections output (a selection repeated per block counts every time: each copy is an HBM read);
 * materialised bytes: gather / concatenate / dynamic-slice outputs larger than ``MATERIALISED_MIN`` (1 MiB).
-  A selection of a weight or KV parameter whose only consumers are dots is flagged ``selective``: NxD's own
+  A selection of a weight (expert or not) or KV parameter whose only consumers are dots is flagged ``selective``: NxD's own
   token-generation MoE (``ExpertMLPsV2.forward_selective_loading`` ->
   ``moe_parallel_layers.py`` ``self.weight[expert_indices]`` then einsum) is exactly this pattern, the
   selected weights streamed from HBM as a matmul operand;
@@ -174,7 +174,7 @@ def analyse(hlo_text: str, roles: dict[int, tuple[str, int]]) -> HloCost:
             sources = {origin.get(op, "activation") for op in
                        (instr.operands if instr.opcode == "concatenate" else instr.operands[:1])}
             source = "+".join(sorted(sources))
-            selective = (instr.opcode != "concatenate" and source in ("weight", "kv")
+            selective = (instr.opcode != "concatenate" and source in ("weight", "experts", "kv")
                          and all(u.opcode == "dot" for u in consumers(instr.name)))
             shape = ",".join(f"{dt}[{','.join(map(str, dims))}]" for dt, dims in instr.shapes)
             cost.materialised.append(Materialised(instr.name, instr.opcode, shape, instr.nbytes, source, selective))
