@@ -1,4 +1,4 @@
-"""``zaya1`` command line: ``zaya1 generate`` (the main job) and ``zaya1 bench``."""
+"""``zaya1`` command line: ``zaya1 generate`` (the main job), ``zaya1 bench`` and ``zaya1 cost``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from . import cost as cost_module
 from .errors import ZayaError
 
 
@@ -122,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         bench_module.add_arguments(bench)
     except ImportError:
         bench_module = None
+    cost_module.add_arguments(sub.add_parser("cost", help="Trainium2 cost model of the lowered graphs (torch-xla)"))
     args = parser.parse_args(argv)
-    return run_reporting_errors("zaya1", run_generate if args.command == "generate" else bench_module.run, args)
+    runs = {"generate": run_generate, "bench": getattr(bench_module, "run", None), "cost": cost_module.run}
+    return run_reporting_errors("zaya1", runs[args.command], args)
 
 
 if __name__ == "__main__":

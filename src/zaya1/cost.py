@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict, dataclass
 
 import torch
@@ -281,15 +280,3 @@ def run(args) -> int:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .cli import run_reporting_errors
-
-    parser = argparse.ArgumentParser(prog="trn2_cost", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run_reporting_errors("trn2_cost", run, parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,8 @@ keep (name, opcode, output shapes, operands, attributes) and derive:
   ``moe_parallel_layers.py`` ``self.weight[expert_indices]`` then einsum) is exactly this pattern, the
   selected weights streamed from HBM as a matmul operand;
 * FLOPs: 2 x output elements x contracted elements for every dot (the graphs contain no convolution);
-* collectives (all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute) with their output bytes;
+* collectives (all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute) with their output bytes
+  (tensor outputs; torch-xla's scalar token is left out);
 * the op inventory (opcode -> count).
 """
 
@@ -142,11 +143,11 @@ def analyse(hlo_text: str, roles: dict[int, tuple[str, int]]) -> HloCost:
         for op in instr.operands:
             users.setdefault(op, []).append(instr)
 
-    def consumers(name: str) -> list[Instr]:
-        """Users of ``name`` seen through layout-only ops."""
+    def consumers(name: str) -> list[tuple[Instr, str]]:
+        """(user, the operand it reads) of ``name``, seen through layout-only ops."""
         out = []
         for user in users.get(name, []):
-            out.extend(consumers(user.name) if user.opcode in LAYOUT_ONLY else [user])
+            out.extend(consumers(user.name) if user.opcode in LAYOUT_ONLY else [(user, name)])
         return out
 
     origin: dict[str, str] = {}  # instruction -> role of the parameter it is a layout-only view of
@@ -158,8 +159,8 @@ def analyse(hlo_text: str, roles: dict[int, tuple[str, int]]) -> HloCost:
             origin[instr.name] = role
             ends = consumers(instr.name)
             whole = math.prod(instr.shapes[0][1]) * itemsize
-            if ends and all(u.opcode in SELECTIONS for u in ends):
-                read = sum(u.elements * itemsize for u in ends)
+            if ends and all(u.opcode in SELECTIONS and u.operands[0] == via for u, via in ends):
+                read = sum(u.elements * itemsize for u, _ in ends)
             else:
                 read = whole
             cost.read_bytes[role] = cost.read_bytes.get(role, 0) + read
@@ -169,13 +170,14 @@ def analyse(hlo_text: str, roles: dict[int, tuple[str, int]]) -> HloCost:
             cost.flops += dot_flops(instr, by_name)
         elif instr.opcode in COLLECTIVES:
             entry = cost.collectives.setdefault(instr.opcode, [0, 0])
-            entry[0], entry[1] = entry[0] + 1, entry[1] + instr.nbytes
+            data = sum(math.prod(dims) * DTYPE_BYTES[dt] for dt, dims in instr.shapes if dims)  # no token
+            entry[0], entry[1] = entry[0] + 1, entry[1] + data
         if instr.opcode in MATERIALISING and instr.nbytes > MATERIALISED_MIN:
             sources = {origin.get(op, "activation") for op in
                        (instr.operands if instr.opcode == "concatenate" else instr.operands[:1])}
             source = "+".join(sorted(sources))
             selective = (instr.opcode != "concatenate" and source in ("weight", "experts", "kv")
-                         and all(u.opcode == "dot" for u in consumers(instr.name)))
+                         and all(u.opcode == "dot" for u, _ in consumers(instr.name)))
             shape = ",".join(f"{dt}[{','.join(map(str, dims))}]" for dt, dims in instr.shapes)
             cost.materialised.append(Materialised(instr.name, instr.opcode, shape, instr.nbytes, source, selective))
     return cost
