@@ -87,10 +87,13 @@ def l2_normalize(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, past=None) -> torch.Tensor:
-    """q [B, S, nq, d], k/v [B, nkv, S, d], allowed [B, S, S] bool -> [B, S, nq * d]. ``past``: None or
-    (k, v [B, nkv, T, d], allowed [B, S, T]) of cached keys scored separately, so the cache is never copied
-    (NxDI's prior / active split). Query head h reads KV head h // (nq / nkv). Softmax in fp32, like the
-    eager reference."""
+    """q [B, S, nq, d], k/v [B, nkv, S, d], allowed [B, S, S] bool -> [B, S, nq * d]. Query head h reads KV
+    head h // (nq / nkv). Softmax in fp32, like the eager reference.
+
+    ``past``: None or (k, v [B, nkv, T, d], allowed [B, S, T]) of cached keys, scored apart from the active
+    ones so the cache is never copied (NxDI's prior / active split), the two value products summed. That
+    sum rounds once more than upstream's single product over the concatenated cache, so eager CPU/GPU
+    decode concatenates instead (``concat_cache``), bitwise with transformers in bf16."""
     batch, seq, nq, dim = q.shape
     nkv = k.shape[1]
     q = q.view(batch, seq, nkv, nq // nkv, dim).permute(0, 2, 3, 1, 4)  # [B, nkv, G, S, d]
@@ -110,6 +113,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.
         out = (torch.matmul(probs[..., :cached], past_v[:, :, None])
                + torch.matmul(probs[..., cached:], v[:, :, None]))  # [B, nkv, G, S, d]
     return out.permute(0, 3, 1, 2, 4).reshape(batch, seq, nq * dim)
+
+
+def concat_cache(k, v, allowed, past):
+    """The active K/V [B, nkv, S, d] and mask appended to ``past`` (k, v, allowed): one key axis."""
+    past_k, past_v, past_allowed = past
+    return torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2), torch.cat([past_allowed, allowed], dim=-1)
 
 
 class CCAttention(nn.Module):
@@ -185,12 +194,15 @@ class CCAttention(nn.Module):
         q, k, v, packed, v_all = self.project(x, conv_state, value_state)
         q, k = self.qk_norm_rope(q, k, cos, sin)
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, nkv, S, d]
-        cached = None
+        allowed, cached = self.allowed(positions, positions, token_mask), None
         if past is not None:
             past_k, past_v, past_pos, past_valid = past
             cached = (past_k, past_v, self.allowed(positions, past_pos, past_valid))
-        out = self.o_proj(attention(q, k, v, self.allowed(positions, positions, token_mask), cached))
-        return out, k, v, packed, v_all
+        if cached is not None and past_k.device.type != "xla":  # eager CPU/GPU: upstream's rounding
+            out = attention(q, *concat_cache(k, v, allowed, cached))
+        else:  # a graph for Neuron (XLA): the cache is read in place
+            out = attention(q, k, v, allowed, cached)
+        return self.o_proj(out), k, v, packed, v_all
 
 
 def gather_state(packed: torch.Tensor, v_all: torch.Tensor, lengths: torch.Tensor, state_len: int):

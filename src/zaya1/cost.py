@@ -29,6 +29,7 @@ from .config import ZayaConfig
 from .errors import ConfigError, NeuronUnavailableError
 from .hlo import HloCost, analyse
 from .model import ZayaModel
+from .moe import block_size_for
 
 HBM_BYTES_PER_S = 2.9e12  # trn2.3xlarge: one Trainium2 chip
 PEAK_FLOPS = 667e12  # dense bf16
@@ -108,9 +109,11 @@ def _role(name: str) -> str:
     return "experts" if ".mlp.experts." in name else "weight"
 
 
-def lower_step(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype: torch.dtype):
+def lower_step(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype: torch.dtype,
+               block_size: int | None = None):
     """Lower one rank's CTE (``graph='cte'``, input [batch, bucket]) or TKG (``graph='tkg'``, KV bucket
-    ``bucket``) step. Returns (HLO text, parameter number -> (role, itemsize), output bytes by role)."""
+    ``bucket``) step; ``block_size`` overrides the blockwise MoE's choice (``moe.block_size_for``).
+    Returns (HLO text, parameter number -> (role, itemsize), output bytes by role)."""
     torch_xla, xm = require_torch_xla()
     dev = torch_xla.device()
     with torch.device("meta"):
@@ -119,6 +122,7 @@ def lower_step(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str,
     model.requires_grad_(False)
     for layer in model.layers:  # fp32 like the loaded model's (ZayaRouter._apply), values irrelevant here
         layer.mlp.router.balancing_biases.data = torch.zeros(config.num_router_classes, device=dev)
+        layer.mlp.experts.block_size = block_size
     torch_xla.sync()  # the weights become device data (HLO parameters), not constants
     named = {id(p): _role(n) for n, p in model.named_parameters()}
     shard, d = model.shard, config.head_dim
@@ -159,8 +163,9 @@ def lower_step(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str,
     return hlo, roles, written
 
 
-def graph_cost(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype: torch.dtype) -> tuple:
-    hlo, roles, written = lower_step(config, tp, batch, bucket, graph, dtype)
+def graph_cost(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype: torch.dtype,
+               block_size: int | None = None) -> tuple:
+    hlo, roles, written = lower_step(config, tp, batch, bucket, graph, dtype, block_size)
     cost: HloCost = analyse(hlo, roles)
     read = cost.read_bytes
     return GraphCost(weight_bytes=read.get("weight", 0) + read.get("experts", 0),
@@ -208,21 +213,23 @@ def trn2_ms(nbytes: int, flops: int, tp: int) -> float:
     return 1e3 * max(nbytes / (HBM_BYTES_PER_S / tp), flops / (PEAK_FLOPS / tp))
 
 
-def case(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype: torch.dtype, layers: int) -> dict:
+def case(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype: torch.dtype, layers: int,
+         block_size: int | None = None) -> dict:
     """Lowered cost (extrapolated to the config's depth), the minimum and the estimates of one case."""
     depth = config.num_hidden_layers
     if layers >= depth:
-        cost, hlo = graph_cost(config, tp, batch, bucket, graph, dtype)
+        cost, hlo = graph_cost(config, tp, batch, bucket, graph, dtype, block_size)
     else:
         small, _ = graph_cost(config.replace(num_hidden_layers=layers, layer_types=config.layer_types[:layers]),
-                              tp, batch, bucket, graph, dtype)
+                              tp, batch, bucket, graph, dtype, block_size)
         big, hlo = graph_cost(config.replace(num_hidden_layers=layers + 1, layer_types=config.layer_types[:layers + 1]),
-                              tp, batch, bucket, graph, dtype)
+                              tp, batch, bucket, graph, dtype, block_size)
         cost = small.extrapolate(big, depth - layers)
     low = minimum(config, tp, batch, bucket, graph, dtype)
     low_bytes = low["weight_bytes"] + low["kv_bytes"] + low["state_bytes"]
     return {
         "graph": graph, "tp": tp, "batch": batch, "bucket": bucket, "layers_lowered": min(layers, depth),
+        "block_size": block_size or block_size_for(batch * bucket, config.num_experts) if graph == "cte" else None,
         "cost": asdict(cost), "hbm_bytes": cost.hbm_bytes, "minimum": low, "minimum_bytes": low_bytes,
         "ratio_weight_kv": (cost.weight_bytes + cost.kv_bytes) / (low["weight_bytes"] + low["kv_bytes"]),
         "ratio_bytes": cost.hbm_bytes / low_bytes, "ratio_flops": cost.flops / low["flops"],
@@ -238,15 +245,15 @@ def _mib(n: float) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("| graph | B | bucket | weights read MiB | experts MiB (x layer) | materialised MiB (selective) "
+    head = ("| graph | B | bucket | block | weights read MiB | experts MiB (x layer) | materialised MiB (selective) "
             "| KV MiB | GFLOP | collectives (count, MiB) | bytes / min | weight+KV / min | FLOPs / min "
             "| est. trn2 ms (floor) |")
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         c = r["cost"]
         coll = ", ".join(f"{k} {v[0]:.0f} ({_mib(v[1])})" for k, v in sorted(c["collectives"].items()))
         lines.append(
-            f"| {r['graph']} | {r['batch']} | {r['bucket']} | {_mib(c['weight_bytes'])} | "
+            f"| {r['graph']} | {r['batch']} | {r['bucket']} | {r['block_size'] or '-'} | {_mib(c['weight_bytes'])} | "
             f"{_mib(c['expert_weight_bytes'])} ({r['ratio_expert_bytes_to_layer']:.2f}) | "
             f"{_mib(c['materialised_bytes'])} ({_mib(c['selective_bytes'])}) | {_mib(c['kv_bytes'])} | "
             f"{c['flops'] / 1e9:,.1f} | {coll} | {r['ratio_bytes']:.2f} | {r['ratio_weight_kv']:.2f} | "
@@ -262,6 +269,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cte-buckets", type=int, nargs="*", default=[128, 512, 2048])
     p.add_argument("--tkg-buckets", type=int, nargs="*", default=[4096])
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    p.add_argument("--block-size", type=int, help="CTE blockwise MoE block size (default: chosen from the bucket)")
     p.add_argument("--json", help="also write every case (with the materialised op list) to this file")
 
 
@@ -271,7 +279,7 @@ def run(args) -> int:
         raise ConfigError(f"--layers {args.layers}: lower at least 2 layers (the first has no EDA state).")
     config = ZayaConfig.from_pretrained(args.model) if args.model else ZayaConfig()
     dtype = DTYPES[args.dtype]
-    rows = [case(config, args.tp, b, s, g, dtype, args.layers) for g, buckets in
+    rows = [case(config, args.tp, b, s, g, dtype, args.layers, args.block_size) for g, buckets in
             (("cte", args.cte_buckets), ("tkg", args.tkg_buckets)) for b in args.batch for s in buckets]
     print(f"one rank of tp={args.tp}, {args.dtype}, {config.num_hidden_layers} layers (lowered {args.layers} "
           f"and {args.layers + 1}, extrapolated); trn2 ms is an ESTIMATE (roofline, no measurement)")
