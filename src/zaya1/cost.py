@@ -27,7 +27,7 @@ import torch
 
 from .config import ZayaConfig
 from .errors import ConfigError, NeuronUnavailableError
-from .hlo import HloCost, analyse
+from .hlo import HloCost, analyse, parse_entry
 from .model import ZayaModel
 from .moe import block_size_for
 
@@ -155,11 +155,13 @@ def lower_step(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str,
     ids_, values = torch_xla._XLAC._get_tensors_xla_device_data_node(outputs)
     for p in model.parameters():
         tensors[torch_xla._XLAC._xla_get_tensor_id(p)] = (named[id(p)], p)
+    # the graph's device data, in HLO parameter order; both orders and the tensors are checked by shape
+    hlo_shapes = {i.parameter_number: i.shapes[0][1] for i in parse_entry(hlo) if i.opcode == "parameter"}
     roles = {}
     for number, (tid, value) in enumerate(zip(ids_, values)):
         role, t = tensors.get(tid, ("scalar", value))
-        if tuple(t.shape) != tuple(value.shape):
-            raise RuntimeError(f"parameter {number}: shape {tuple(value.shape)} does not match {tuple(t.shape)}")
+        if not list(t.shape) == list(value.shape) == hlo_shapes[number]:
+            raise RuntimeError(f"HLO parameter {number} {hlo_shapes[number]} is not the tensor {list(t.shape)}")
         roles[number] = (role, t.element_size())
     return hlo, roles, written
 

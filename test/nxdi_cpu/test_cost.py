@@ -84,6 +84,7 @@ def test_cte_accounting():
     assert c.state_bytes == LAYERS * B * ((2 + 1) * D * 2 + D) * F32
     assert c.collectives["all-reduce"] == [1 + 2 * LAYERS, (1 + 2 * LAYERS) * B * 64 * H * F32]
     assert c.collectives["all-gather"] == [1, B * 256 * F32]  # only the last token's logits
+    assert "reduce-window" not in c.ops and "sort" not in c.ops  # no cumsum / sort over tokens
 
 
 def test_layer_extrapolation_is_exact():
