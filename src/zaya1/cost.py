@@ -29,10 +29,8 @@ from .config import ZayaConfig
 from .errors import ConfigError, NeuronUnavailableError
 from .hlo import HloCost, analyse, parse_entry
 from .model import ZayaModel
-from .moe import block_size_for
+from .moe import TRN2_BF16_FLOPS, TRN2_HBM_BYTES_PER_S, block_size_for
 
-HBM_BYTES_PER_S = 2.9e12  # trn2.3xlarge: one Trainium2 chip
-PEAK_FLOPS = 667e12  # dense bf16
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -213,7 +211,7 @@ def minimum(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dt
 
 def trn2_ms(nbytes: int, flops: int, tp: int) -> float:
     """ESTIMATE: one rank's roofline time on a trn2.3xlarge chip shared by tp ranks."""
-    return 1e3 * max(nbytes / (HBM_BYTES_PER_S / tp), flops / (PEAK_FLOPS / tp))
+    return 1e3 * max(nbytes / (TRN2_HBM_BYTES_PER_S / tp), flops / (TRN2_BF16_FLOPS / tp))
 
 
 def case(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype: torch.dtype, layers: int,

@@ -84,9 +84,10 @@ class ZayaRouter(nn.Module):
         return choice, weight, state
 
 
-# Rows of a block at which a bf16 expert's two matmuls on trn2 take as long as streaming its weights from HBM:
-# (2 x rows x 3IH FLOPs) / 667 TFLOPS == (3IH x 2 bytes) / 2.9 TB/s, whatever the widths or tp.
-TRN2_RIDGE_ROWS = 667e12 / 2.9e12
+TRN2_HBM_BYTES_PER_S, TRN2_BF16_FLOPS = 2.9e12, 667e12  # one Trainium2 chip (trn2.3xlarge)
+# Rows of a block at which a bf16 expert's two matmuls take as long as streaming its weights from HBM:
+# (2 x rows x 3IH FLOPs) / FLOPS == (3IH x 2 bytes) / bandwidth, whatever the widths or tp.
+TRN2_RIDGE_ROWS = TRN2_BF16_FLOPS / TRN2_HBM_BYTES_PER_S
 BLOCK_SIZES = (16, 32, 64, 128, 256, 512)  # NxD's blockwise MoE uses 512
 
 
