@@ -11,7 +11,8 @@ keep (name, opcode, output shapes, operands, attributes) and derive:
   token-generation MoE (``ExpertMLPsV2.forward_selective_loading`` ->
   ``moe_parallel_layers.py`` ``self.weight[expert_indices]`` then einsum) is exactly this pattern, the
   selected weights streamed from HBM as a matmul operand;
-* FLOPs: 2 x output elements x contracted elements for every dot (the graphs contain no convolution);
+* FLOPs: 2 x output elements x contracted elements for every dot (the graphs contain no convolution), and
+  the part of them whose operand is (a view or selection of) an expert weight;
 * collectives (all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute) with their output bytes
   (tensor outputs; torch-xla's scalar token is left out);
 * the op inventory (opcode -> count).
@@ -126,6 +127,7 @@ class Materialised:
 class HloCost:
     read_bytes: dict[str, int] = field(default_factory=dict)  # parameter role -> bytes read
     flops: int = 0
+    expert_flops: int = 0  # dots with an operand selected from (or viewing) a parameter of role "experts"
     materialised: list[Materialised] = field(default_factory=list)
     collectives: dict[str, list[int]] = field(default_factory=dict)  # opcode -> [count, bytes]
     ops: Counter = field(default_factory=Counter)
@@ -150,7 +152,7 @@ def analyse(hlo_text: str, roles: dict[int, tuple[str, int]]) -> HloCost:
             out.extend(consumers(user.name) if user.opcode in LAYOUT_ONLY else [(user, name)])
         return out
 
-    origin: dict[str, str] = {}  # instruction -> role of the parameter it is a layout-only view of
+    origin: dict[str, str] = {}  # instruction -> role of the parameter it is a view or selection of
     cost = HloCost()
     for instr in instrs:
         cost.ops[instr.opcode] += 1
@@ -164,10 +166,13 @@ def analyse(hlo_text: str, roles: dict[int, tuple[str, int]]) -> HloCost:
             else:
                 read = whole
             cost.read_bytes[role] = cost.read_bytes.get(role, 0) + read
-        elif instr.opcode in LAYOUT_ONLY and instr.operands and instr.operands[0] in origin:
+        elif instr.opcode in LAYOUT_ONLY | SELECTIONS and instr.operands and instr.operands[0] in origin:
             origin[instr.name] = origin[instr.operands[0]]
         elif instr.opcode == "dot":
-            cost.flops += dot_flops(instr, by_name)
+            flops = dot_flops(instr, by_name)
+            cost.flops += flops
+            if any(origin.get(op) == "experts" for op in instr.operands):
+                cost.expert_flops += flops
         elif instr.opcode in COLLECTIVES:
             entry = cost.collectives.setdefault(instr.opcode, [0, 0])
             data = sum(math.prod(dims) * DTYPE_BYTES[dt] for dt, dims in instr.shapes if dims)  # no token

@@ -40,7 +40,7 @@ def test_hand_written_hlo():
     c = analyse(HLO, roles)
     assert c.read_bytes == {"experts": 3 * 1024 * 512 * 2,  # three gathered experts, not all 16
                             "input": 3 * 8 + 3 * 512 * 4, "kv": 600 * 512 * 4}
-    assert c.flops == 2 * 3 * 1024 * 512
+    assert c.flops == c.expert_flops == 2 * 3 * 1024 * 512  # its rhs is a selection of expert weights
     assert c.collectives == {"all-reduce": [1, 3 * 1024 * 4]}
     big = {m.name: (m.nbytes, m.source, m.selective) for m in c.materialised}
     assert big == {"gather.6": (3 * 1024 * 512 * 2, "experts", True),  # only consumer: a dot (via convert)
@@ -64,6 +64,7 @@ def graph(kind, bucket):
 def test_tkg_accounting():
     c = graph("tkg", 8)
     assert c.expert_weight_bytes == LAYERS * B * EXPERT  # each token's own expert, per layer
+    assert c.expert_flops == LAYERS * 2 * B * EXPERT // F32  # 2 x rows x expert elements
     kv_read = LAYERS * 2 * B * 1 * 8 * D * F32  # K and V [B, 1, 8, 16] per layer
     kv_written = LAYERS * 2 * B * 1 * 1 * D * F32
     assert c.kv_bytes == kv_read + kv_written == 4608
@@ -80,6 +81,7 @@ def test_cte_accounting():
     c = graph("cte", 64)
     # 128 tokens, 4 experts: block_size_for picks 128 rows, so 4 + (128 - 4) // 128 = 4 blocks per layer
     assert c.expert_weight_bytes == LAYERS * 4 * EXPERT
+    assert c.expert_flops == LAYERS * 2 * (4 * 128) * EXPERT // F32  # every row of the 4 blocks is computed
     assert c.kv_bytes == LAYERS * 2 * B * 1 * 64 * D * F32  # written, nothing read
     assert c.state_bytes == LAYERS * B * ((2 + 1) * D * 2 + D) * F32
     assert c.collectives["all-reduce"] == [1 + 2 * LAYERS, (1 + 2 * LAYERS) * B * 64 * H * F32]
