@@ -87,10 +87,10 @@ def l2_normalize(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, past=None) -> torch.Tensor:
-    """q [B, S, nq, d], k/v [B, nkv, S, d], allowed [B, S, S] bool -> [B, S, nq * d]. Query head h reads KV
+    """q [B, S, nq, d], k/v [B, nkv, T, d], allowed [B, S, T] bool -> [B, S, nq * d]. Query head h reads KV
     head h // (nq / nkv). Softmax in fp32, like the eager reference.
 
-    ``past``: None or (k, v [B, nkv, T, d], allowed [B, S, T]) of cached keys, scored apart from the active
+    ``past``: None or (k, v [B, nkv, P, d], allowed [B, S, P]) of cached keys, scored apart from the active
     ones so the cache is never copied (NxDI's prior / active split), the two value products summed. That
     sum rounds once more than upstream's single product over the concatenated cache, so eager CPU/GPU
     decode concatenates instead (``concat_cache``), bitwise with transformers in bf16."""
