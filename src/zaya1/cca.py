@@ -86,18 +86,39 @@ def l2_normalize(x: torch.Tensor, scale: float) -> torch.Tensor:
     return x * (scale / norm)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """q [B, S, nq, d], k/v [B, nkv, T, d], allowed [B, S, T] bool -> [B, S, nq * d].
-    Query head h reads KV head h // (nq / nkv). Softmax in fp32, like the eager reference."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, past=None) -> torch.Tensor:
+    """q [B, S, nq, d], k/v [B, nkv, T, d], allowed [B, S, T] bool -> [B, S, nq * d]. Query head h reads KV
+    head h // (nq / nkv). Softmax in fp32, like the eager reference.
+
+    ``past``: None or (k, v [B, nkv, P, d], allowed [B, S, P]) of cached keys, scored apart from the active
+    ones so the cache is never copied (NxDI's prior / active split), the two value products summed. That
+    sum rounds once more than upstream's single product over the concatenated cache, so eager CPU/GPU
+    decode concatenates instead (``concat_cache``), bitwise with transformers in bf16."""
     batch, seq, nq, dim = q.shape
     nkv = k.shape[1]
     q = q.view(batch, seq, nkv, nq // nkv, dim).permute(0, 2, 3, 1, 4)  # [B, nkv, G, S, d]
-    k, v = k[:, :, None], v[:, :, None]  # [B, nkv, 1, T, d]
-    scores = torch.matmul(q, k.transpose(-1, -2)) * dim ** -0.5  # [B, nkv, G, S, T]
-    scores = scores.masked_fill(~allowed[:, None, None], torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-    out = torch.matmul(probs, v)  # [B, nkv, G, S, d]
+
+    def scores(keys, mask):  # keys [B, nkv, T, d], mask [B, S, T] -> [B, nkv, G, S, T]
+        out = torch.matmul(q, keys[:, :, None].transpose(-1, -2)) * dim ** -0.5
+        return out.masked_fill(~mask[:, None, None], torch.finfo(out.dtype).min)
+
+    active = scores(k, allowed)
+    if past is None:
+        out = torch.matmul(torch.softmax(active, dim=-1, dtype=torch.float32).to(v.dtype), v[:, :, None])
+    else:
+        past_k, past_v, past_allowed = past
+        probs = torch.softmax(torch.cat([scores(past_k, past_allowed), active], dim=-1), dim=-1,
+                              dtype=torch.float32).to(v.dtype)
+        cached = past_k.shape[2]
+        out = (torch.matmul(probs[..., :cached], past_v[:, :, None])
+               + torch.matmul(probs[..., cached:], v[:, :, None]))  # [B, nkv, G, S, d]
     return out.permute(0, 3, 1, 2, 4).reshape(batch, seq, nq * dim)
+
+
+def concat_cache(k, v, allowed, past):
+    """The active K/V [B, nkv, S, d] and mask appended to ``past`` (k, v, allowed): one key axis."""
+    past_k, past_v, past_allowed = past
+    return torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2), torch.cat([past_allowed, allowed], dim=-1)
 
 
 class CCAttention(nn.Module):
@@ -173,14 +194,15 @@ class CCAttention(nn.Module):
         q, k, v, packed, v_all = self.project(x, conv_state, value_state)
         q, k = self.qk_norm_rope(q, k, cos, sin)
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, nkv, S, d]
-        if past is None:
-            keys, values, mask = k, v, self.allowed(positions, positions, token_mask)
-        else:
+        allowed, cached = self.allowed(positions, positions, token_mask), None
+        if past is not None:
             past_k, past_v, past_pos, past_valid = past
-            keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
-            mask = self.allowed(positions, torch.cat([past_pos, positions], 1), torch.cat([past_valid, token_mask], 1))
-        out = self.o_proj(attention(q, keys, values, mask))
-        return out, k, v, packed, v_all
+            cached = (past_k, past_v, self.allowed(positions, past_pos, past_valid))
+        if cached is not None and past_k.device.type != "xla":  # eager CPU/GPU: upstream's rounding
+            out = attention(q, *concat_cache(k, v, allowed, cached))
+        else:  # a graph for Neuron (XLA): the cache is read in place
+            out = attention(q, k, v, allowed, cached)
+        return self.o_proj(out), k, v, packed, v_all
 
 
 def gather_state(packed: torch.Tensor, v_all: torch.Tensor, lengths: torch.Tensor, state_len: int):

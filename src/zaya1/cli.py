@@ -1,4 +1,5 @@
-"""``zaya1`` command line: ``zaya1 generate`` (the main job), ``zaya1 bench`` and ``zaya1 compile``."""
+"""``zaya1`` command line: ``zaya1 generate`` (the main job), ``zaya1 bench``, ``zaya1 cost`` and
+``zaya1 compile``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, bench, compile_cli
+from . import cost as cost_module
 from .checkpoint import resolve_device
 from .errors import InputError, run_reporting_errors
 from .streaming import TextStreamer
@@ -201,9 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _generate_arguments(sub.add_parser("generate", help="generate text from a prompt"))
     bench.add_arguments(sub.add_parser("bench", help="benchmark zaya1 against transformers (scripts/benchmark.py)"))
+    cost_module.add_arguments(sub.add_parser("cost", help="Trainium2 cost model of the lowered graphs (torch-xla)"))
     sub.add_parser("compile", help="compile for Trainium2 (zaya1 compile --help)", add_help=False)
     args = parser.parse_args(argv)
-    return run_reporting_errors("zaya1", run_generate if args.command == "generate" else run_bench, args)
+    runs = {"generate": run_generate, "bench": run_bench, "cost": cost_module.run}
+    return run_reporting_errors("zaya1", runs[args.command], args)
 
 
 if __name__ == "__main__":

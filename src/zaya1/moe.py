@@ -18,9 +18,12 @@ Expert dispatch, all with static shapes and exact (no token dropping):
 * ``blockwise`` (prefill): tokens are laid out by expert (in token order, no sort: a token's row is
                 its expert's first row + the number of earlier tokens of that expert) in blocks of
                 ``block_size`` rows that each belong to one expert, every expert's group padded to whole
-                blocks. At most T // block + min(E, T) blocks exist, a static bound, so compute is about
-                T + E * block rows instead of E * T, and each block reads one expert's weights. This is the
-                shape of NxD's blockwise MoE and traces without data-dependent shapes.
+                blocks. At most K + (T - K) // block blocks exist (K = min(E, T)), a static bound, so
+                compute is about T + E * block rows instead of E * T, and each block reads one expert's
+                weights. The block size comes from T (``block_size_for``: the trn2 roofline optimum, see
+                docs/trainium-cost.md); the counts use cumulative sums by triangular matmul (NxD's
+                convention), no cumsum or sort over tokens. This is the shape of NxD's blockwise MoE and
+                traces without data-dependent shapes.
 * ``grouped``   (eager CPU/GPU only): loops over the experts that received tokens; fastest in eager mode
                 but data-dependent, so never used while tracing or exporting.
 
@@ -102,11 +105,46 @@ class ZayaRouter(nn.Module):
         return choice, weight, state
 
 
+TRN2_HBM_BYTES_PER_S, TRN2_BF16_FLOPS = 2.9e12, 667e12  # one Trainium2 chip (trn2.3xlarge)
+# Rows of a block at which a bf16 expert's two matmuls take as long as streaming its weights from HBM:
+# (2 x rows x 3IH FLOPs) / FLOPS == (3IH x 2 bytes) / bandwidth, whatever the widths or tp.
+TRN2_RIDGE_ROWS = TRN2_BF16_FLOPS / TRN2_HBM_BYTES_PER_S
+BLOCK_SIZES = (16, 32, 64, 128, 256, 512)  # NxD's blockwise MoE uses 512
+
+
+def block_size_for(tokens: int, num_experts: int) -> int:
+    """The block size of ``tokens`` rows (a context bucket x batch) that minimises the roofline time of the
+    static block schedule: blocks x max(weight load, block matmul). Small buckets get one block per expert
+    (NxD's all-experts regime below its block size); large ones 256 (about the trn2 ridge)."""
+    used = min(num_experts, tokens)
+    fits = [b for b in BLOCK_SIZES if b < 2 * tokens] or [BLOCK_SIZES[0]]
+
+    def cost(block: int) -> float:
+        return (used + (tokens - used) // block) * max(1.0, block / TRN2_RIDGE_ROWS)
+
+    return min(fits, key=lambda b: (cost(b), b))
+
+
+def cumsum_by_matmul(x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """Inclusive cumulative sum over dim 0 of x [T, N] (float32) with lower-triangular matmuls, no cumsum op
+    (as NxD's utils/tensor_utils.cumsum): within chunks of ``chunk`` rows, then across the chunk totals.
+    Exact for integer values below 2 ** 24."""
+    tokens, width = x.shape
+    size = min(chunk, tokens)
+    chunks = -(-tokens // size)
+    parts = F.pad(x, (0, 0, 0, chunks * size - tokens)).view(chunks, size, width)
+    ones = torch.ones(max(size, chunks), max(size, chunks), dtype=x.dtype, device=x.device)
+    within = torch.matmul(ones[:size, :size].tril(), parts)  # [chunks, size, N]
+    before = torch.matmul(ones[:chunks, :chunks].tril(-1), within[:, -1])  # totals of the earlier chunks
+    return (within + before[:, None]).reshape(chunks * size, width)[:tokens]
+
+
 class ZayaExperts(nn.Module):
     """Stacked gated experts, act(gate) * up (SwiGLU with ZAYA1's silu). gate_up_proj [E, 2I, H] (rows: gate
-    then up), down_proj [E, H, I]; I is this rank's share of moe_intermediate_size."""
+    then up), down_proj [E, H, I]; I is this rank's share of moe_intermediate_size. ``block_size`` None:
+    chosen per call from the token count (``block_size_for``)."""
 
-    def __init__(self, config: ZayaConfig, intermediate: int, block_size: int = 16):
+    def __init__(self, config: ZayaConfig, intermediate: int, block_size: int | None = None):
         super().__init__()
         self.num_experts, self.block_size = config.num_experts, block_size
         self.act = activation(config.hidden_act)
@@ -135,20 +173,19 @@ class ZayaExperts(nn.Module):
 
     def blockwise(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         tokens, hidden = x.shape
-        block, num_experts = self.block_size, self.num_experts
-        num_blocks = tokens // block + min(num_experts, tokens)  # static bound on the blocks in use
-        onehot = (expert[:, None] == torch.arange(num_experts, device=x.device)).to(torch.long)  # [T, E], no checks
-        padded = (onehot.sum(0) + block - 1) // block * block  # each expert's rows, whole blocks
-        group_end = torch.cumsum(padded, 0)
-        rank_in_group = (torch.cumsum(onehot, 0) * onehot).sum(-1) - 1  # earlier tokens of the same expert
-        slot = (group_end - padded)[expert] + rank_in_group  # [T] row of each token in the block layout
-        # slot -> token (index `tokens` = an all-zero row for the padding slots); block -> its expert
-        slot_token = torch.full((num_blocks * block,), tokens, dtype=torch.long, device=x.device)
-        slot_token = slot_token.scatter(0, slot, torch.arange(tokens, device=x.device))
-        block_start = torch.arange(num_blocks, device=x.device)[:, None] * block
-        block_expert = (group_end[None, :] <= block_start).sum(-1).clamp_max(num_experts - 1)
-        rows = torch.cat([x, x.new_zeros(1, hidden)])[slot_token].view(num_blocks, block, hidden)
-        h = torch.bmm(rows, self.gate_up_proj[block_expert].transpose(1, 2))
+        num_experts = self.num_experts
+        block = self.block_size or block_size_for(tokens, num_experts)
+        used = min(num_experts, tokens)
+        num_blocks = used + (tokens - used) // block  # static bound: sum_e ceil(n_e / block), sum_e n_e = T
+        onehot = (expert[:, None] == torch.arange(num_experts, device=x.device)).to(torch.float32)  # [T, E]
+        padded = (onehot.sum(0) + block - 1).div(block, rounding_mode="floor") * block  # rows per expert
+        group_end = cumsum_by_matmul(padded[:, None])[:, 0]  # [E]
+        rank_in_group = (cumsum_by_matmul(onehot) * onehot).sum(-1) - 1  # earlier tokens of the same expert
+        slot = ((group_end - padded)[expert] + rank_in_group).to(torch.long)  # [T] row in the block layout
+        block_start = torch.arange(num_blocks, device=x.device, dtype=torch.float32)[:, None] * block
+        block_expert = (group_end[None, :] <= block_start).sum(-1).clamp_max(num_experts - 1)  # [blocks]
+        rows = x.new_zeros(num_blocks * block, hidden).index_copy(0, slot, x).view(num_blocks, block, hidden)
+        h = torch.bmm(rows, self.gate_up_proj[block_expert].transpose(1, 2))  # [blocks, block, 2I]
         out = torch.bmm(self._swiglu(h), self.down_proj[block_expert].transpose(1, 2)).view(-1, hidden)
         return out[slot] * weight[:, None]
 

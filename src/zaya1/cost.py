@@ -1,0 +1,296 @@
+"""``zaya1 cost``: a Trainium2 cost model from the lowered step graphs.
+
+The core step functions NxDI traces (``ZayaModel.prefill`` for context encoding (CTE), ``ZayaModel.decode``
+for token generation (TKG)) plus the tied lm_head are lowered with torch-xla on CPU at ONE rank's shapes:
+the model is built for ``tp`` ranks with a comm whose all-reduce / all-gather are torch-xla collectives,
+so the HLO shows them and their bytes. TKG takes the KV cache as NxDI passes it, K/V [B, nkv_local,
+bucket, d] per layer. The HLO is read by ``zaya1.hlo`` (bytes read per parameter role, materialised
+copies, FLOPs, collectives, op inventory).
+
+Real widths are lowered with ``layers`` and ``layers + 1`` decoder layers and extrapolated linearly to the
+config's depth (layers >= 2, so both graphs contain an EDA layer; every layer after the first is identical).
+
+Next to it: the analytical minimum of one rank (architecture doc section 5: lm_head + embedding rows +
+attention + router + norms + the selected experts, and KV / CCA state traffic) and a trn2.3xlarge
+ESTIMATE: one Trainium2 chip, 2.9 TB/s HBM and 667 dense bf16 TFLOPS, split evenly over ``tp`` ranks, time =
+max(bytes / bandwidth, FLOPs / peak). It is a roofline floor (no collective latency, no overlap loss), not
+a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .config import ZayaConfig
+from .errors import ConfigError, NeuronUnavailableError
+from .hlo import HloCost, analyse, parse_entry
+from .model import ZayaModel
+from .moe import TRN2_BF16_FLOPS, TRN2_HBM_BYTES_PER_S, block_size_for
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def require_torch_xla():
+    try:
+        import torch_xla  # noqa: F401
+        import torch_xla.core.xla_model as xm
+    except ImportError as exc:
+        raise NeuronUnavailableError(
+            f"zaya1 cost needs torch-xla to lower the step graphs ({exc}); run it in the NxDI CPU environment "
+            f"(PJRT_DEVICE=CPU, see docs/trainium-cost.md).") from None
+    return torch_xla, xm
+
+
+class XlaComm:
+    """One rank of ``world_size``: collectives as torch-xla ops (lowered, never run). The all-reduce is fp32,
+    as NxDComm's; it calls the op directly (``xm.all_reduce`` is an identity on a single CPU device)."""
+
+    def __init__(self, world_size: int, xm):
+        self.world_size, self.xm = world_size, xm
+        self.groups = [list(range(world_size))]
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return x
+        from torch_xla import _XLAC
+
+        return _XLAC._xla_all_reduce(self.xm.REDUCE_SUM, x.to(torch.float32), 1.0, self.groups, False).to(x.dtype)
+
+    def all_gather(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        if self.world_size == 1:
+            return x
+        return self.xm.all_gather(x, dim=dim, groups=self.groups, pin_layout=False)
+
+
+@dataclass
+class GraphCost:
+    """One rank's traffic and work for one step of a graph (a CTE bucket or a TKG bucket)."""
+
+    weight_bytes: int  # weights read (selections count the selected elements)
+    expert_weight_bytes: int  # the part of weight_bytes that is expert weights
+    kv_bytes: int  # KV cache read + written
+    state_bytes: int  # CCA conv / value state read + written
+    materialised_bytes: int  # gather / concatenate / dynamic-slice outputs > 1 MiB
+    selective_bytes: int  # ... of which selections of weights / KV consumed only by dots
+    flops: int
+    expert_flops: int  # the part of flops that multiplies expert weights
+    collectives: dict  # opcode -> [count, bytes]
+    ops: dict  # opcode -> count
+
+    @property
+    def hbm_bytes(self) -> int:
+        """Reads + writes of weights, KV and state, plus every non-selective materialised copy written once
+        and read once (a selective load is already counted as a read)."""
+        return (self.weight_bytes + self.kv_bytes + self.state_bytes
+                + 2 * (self.materialised_bytes - self.selective_bytes))
+
+    def extrapolate(self, other: "GraphCost", extra_layers: int) -> "GraphCost":
+        """self (n layers) + extra_layers x (other (n + 1 layers) - self)."""
+        def lin(a, b):
+            return a + extra_layers * (b - a)
+
+        def lin_dict(a: dict, b: dict):
+            return {k: ([lin(x, y) for x, y in zip(a.get(k, [0, 0]), b[k])] if isinstance(b[k], list)
+                        else lin(a.get(k, 0), b[k])) for k in b}
+
+        scalars = {k: lin(getattr(self, k), getattr(other, k)) for k in
+                   ("weight_bytes", "expert_weight_bytes", "kv_bytes", "state_bytes", "materialised_bytes",
+                    "selective_bytes", "flops", "expert_flops")}
+        return GraphCost(**scalars, collectives=lin_dict(self.collectives, other.collectives),
+                         ops=lin_dict(self.ops, other.ops))
+
+
+def _role(name: str) -> str:
+    return "experts" if ".mlp.experts." in name else "weight"
+
+
+def lower_step(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype: torch.dtype,
+               block_size: int | None = None):
+    """Lower one rank's CTE (``graph='cte'``, input [batch, bucket]) or TKG (``graph='tkg'``, KV bucket
+    ``bucket``) step; ``block_size`` overrides the blockwise MoE's choice (``moe.block_size_for``).
+    Returns (HLO text, parameter number -> (role, itemsize), output bytes by role)."""
+    torch_xla, xm = require_torch_xla()
+    dev = torch_xla.device()
+    with torch.device("meta"):
+        model = ZayaModel(config, XlaComm(tp, xm)).to(dtype)
+    model = model.to_empty(device=dev)
+    model.requires_grad_(False)
+    for layer in model.layers:  # fp32 like the loaded model's (ZayaRouter._apply), values irrelevant here
+        layer.mlp.router.balancing_biases.data = torch.zeros(config.num_router_classes, device=dev)
+        if block_size is not None:
+            layer.mlp.experts.block_size = block_size
+    torch_xla.sync()  # the weights become device data (HLO parameters), not constants
+    named = {id(p): _role(n) for n, p in model.named_parameters()}
+    shard, d = model.shard, config.head_dim
+    tensors: dict[int, tuple[str, torch.Tensor]] = {}
+
+    def put(role: str, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(dev)
+        tensors[torch_xla._XLAC._xla_get_tensor_id(t)] = (role, t)
+        return t
+
+    if graph == "cte":
+        ids = put("input", torch.zeros(batch, bucket, dtype=torch.long))
+        lengths = put("input", torch.full((batch,), bucket, dtype=torch.long))
+        hidden, steps = model.prefill(ids, lengths, dispatch="blockwise")
+    else:
+        ids = put("input", torch.zeros(batch, 1, dtype=torch.long))
+        positions = put("input", torch.full((batch,), bucket - 1, dtype=torch.long))
+        kv = [(put("kv", torch.zeros(batch, shard.kv_heads, bucket, d, dtype=dtype)),
+               put("kv", torch.zeros(batch, shard.kv_heads, bucket, d, dtype=dtype))) for _ in model.layers]
+        channels = (shard.q_heads + shard.kv_heads) * d
+        states = [(put("state", torch.zeros(batch, channels, config.conv_state_len, dtype=dtype)),
+                   put("state", torch.zeros(batch, shard.kv_heads * d, dtype=dtype))) for _ in model.layers]
+        hidden, steps = model.decode(ids, positions, kv, states)
+    logits = model.comm.all_gather(torch.nn.functional.linear(hidden, model.embed_tokens.weight), dim=-1)
+    outputs = [logits] + [t for s in steps for t in (s.key, s.value, s.conv, s.value_prev)]
+    written = {"kv": sum(t.numel() * t.element_size() for s in steps for t in (s.key, s.value)),
+               "state": sum(t.numel() * t.element_size() for s in steps for t in (s.conv, s.value_prev))}
+    hlo = torch_xla._XLAC._get_xla_tensors_hlo(outputs)
+    ids_, values = torch_xla._XLAC._get_tensors_xla_device_data_node(outputs)
+    for p in model.parameters():
+        tensors[torch_xla._XLAC._xla_get_tensor_id(p)] = (named[id(p)], p)
+    # the graph's device data, in HLO parameter order; both orders and the tensors are checked by shape
+    hlo_shapes = {i.parameter_number: i.shapes[0][1] for i in parse_entry(hlo) if i.opcode == "parameter"}
+    roles = {}
+    for number, (tid, value) in enumerate(zip(ids_, values)):
+        role, t = tensors.get(tid, ("scalar", value))
+        if not list(t.shape) == list(value.shape) == hlo_shapes[number]:
+            raise RuntimeError(f"HLO parameter {number} {hlo_shapes[number]} is not the tensor {list(t.shape)}")
+        roles[number] = (role, t.element_size())
+    return hlo, roles, written
+
+
+def graph_cost(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype: torch.dtype,
+               block_size: int | None = None) -> tuple:
+    hlo, roles, written = lower_step(config, tp, batch, bucket, graph, dtype, block_size)
+    cost: HloCost = analyse(hlo, roles)
+    read = cost.read_bytes
+    return GraphCost(weight_bytes=read.get("weight", 0) + read.get("experts", 0),
+                     expert_weight_bytes=read.get("experts", 0),
+                     kv_bytes=read.get("kv", 0) + written["kv"], state_bytes=read.get("state", 0) + written["state"],
+                     materialised_bytes=cost.materialised_bytes(), selective_bytes=cost.materialised_bytes(True),
+                     flops=cost.flops, expert_flops=cost.expert_flops, collectives=cost.collectives, ops=dict(cost.ops)), cost
+
+
+def minimum(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype: torch.dtype) -> dict:
+    """The analytical minimum of one rank for one step (top-1 routing, no skipped tokens, distinct experts)."""
+    with torch.device("meta"):
+        model = ZayaModel(config, XlaComm(tp, None)).to(dtype)
+    size = torch.finfo(dtype).bits // 8
+    layer = model.layers[-1]
+    attn, router, experts = layer.self_attn, layer.mlp.router, layer.mlp.experts
+    layers, d, h = config.num_hidden_layers, config.head_dim, config.hidden_size
+    vocab_local = model.embed_tokens.weight.shape[0]
+    tokens = batch * (bucket if graph == "cte" else 1)
+    expert_elems = experts.gate_up_proj[0].numel() + experts.down_proj[0].numel()
+    per_layer = sum(p.numel() for n, p in layer.named_parameters() if ".experts." not in n)
+    weights = (vocab_local * h + tokens * h + layers * per_layer + model.norm.weight.numel()
+               + model.input_scale.hidden_states_scale.numel() * 2) * size
+    experts_read = layers * min(tokens, config.num_experts) * expert_elems * size
+    kv_token = 2 * model.shard.kv_heads * d * size * layers
+    state_seq = ((model.shard.q_heads + model.shard.kv_heads) * d * config.conv_state_len
+                 + model.shard.kv_heads * d) * size * layers
+    if graph == "cte":
+        kv, state = batch * bucket * kv_token, batch * state_seq
+        pairs = batch * bucket * (bucket + 1) // 2  # causal (query, key) pairs
+    else:
+        kv, state = batch * (bucket + 1) * kv_token, 2 * batch * state_seq
+        pairs = batch * bucket
+    linear_macs = sum(m.weight.numel() for m in attn.modules() if isinstance(m, torch.nn.Linear))
+    conv_macs = attn.conv_qk_depthwise.weight.numel() + attn.conv_qk_grouped.weight.numel()
+    router_macs = sum(m.weight.numel() for m in router.modules() if isinstance(m, torch.nn.Linear))
+    expert_flops = 2 * tokens * layers * expert_elems
+    macs = tokens * layers * (linear_macs + conv_macs + router_macs + expert_elems)
+    macs += layers * pairs * 2 * attn.nq * d + batch * vocab_local * h
+    return {"weight_bytes": weights + experts_read, "expert_weight_bytes": experts_read, "kv_bytes": kv,
+            "state_bytes": state, "flops": 2 * macs, "expert_flops": expert_flops, "layer_expert_bytes": config.num_experts * expert_elems * size}
+
+
+def trn2_ms(nbytes: int, flops: int, tp: int) -> float:
+    """ESTIMATE: one rank's roofline time on a trn2.3xlarge chip shared by tp ranks."""
+    return 1e3 * max(nbytes / (TRN2_HBM_BYTES_PER_S / tp), flops / (TRN2_BF16_FLOPS / tp))
+
+
+def case(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype: torch.dtype, layers: int,
+         block_size: int | None = None) -> dict:
+    """Lowered cost (extrapolated to the config's depth), the minimum and the estimates of one case."""
+    depth = config.num_hidden_layers
+    if layers >= depth:
+        cost, hlo = graph_cost(config, tp, batch, bucket, graph, dtype, block_size)
+    else:
+        small, _ = graph_cost(config.replace(num_hidden_layers=layers, layer_types=config.layer_types[:layers]),
+                              tp, batch, bucket, graph, dtype, block_size)
+        big, hlo = graph_cost(config.replace(num_hidden_layers=layers + 1, layer_types=config.layer_types[:layers + 1]),
+                              tp, batch, bucket, graph, dtype, block_size)
+        cost = small.extrapolate(big, depth - layers)
+    low = minimum(config, tp, batch, bucket, graph, dtype)
+    low_bytes = low["weight_bytes"] + low["kv_bytes"] + low["state_bytes"]
+    return {
+        "graph": graph, "tp": tp, "batch": batch, "bucket": bucket, "layers_lowered": min(layers, depth),
+        "block_size": block_size or block_size_for(batch * bucket, config.num_experts) if graph == "cte" else None,
+        "cost": asdict(cost), "hbm_bytes": cost.hbm_bytes, "minimum": low, "minimum_bytes": low_bytes,
+        "ratio_bytes_unfused": (cost.hbm_bytes + 2 * cost.selective_bytes) / low_bytes,
+        "ratio_weight_kv": (cost.weight_bytes + cost.kv_bytes) / (low["weight_bytes"] + low["kv_bytes"]),
+        "ratio_bytes": cost.hbm_bytes / low_bytes, "ratio_flops": cost.flops / low["flops"],
+        "ratio_expert_flops": cost.expert_flops / low["expert_flops"],
+        "ratio_expert_bytes_to_layer": cost.expert_weight_bytes / (depth * low["layer_expert_bytes"]),
+        "estimate_trn2_ms": trn2_ms(cost.hbm_bytes, cost.flops, tp),
+        "estimate_trn2_floor_ms": trn2_ms(low_bytes, low["flops"], tp),
+        "materialised_ops": [asdict(m) for m in hlo.materialised],
+    }
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2 ** 20:,.1f}"
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("| graph | B | bucket | block | weights read MiB | experts MiB (x layer) | materialised MiB (selective) "
+            "| KV MiB | GFLOP | collectives (count, MiB) | bytes / min (unfused) | weight+KV / min | FLOPs / min (experts) "
+            "| est. trn2 ms (floor) |")
+    lines = [head, "|" + "---|" * 14]
+    for r in rows:
+        c = r["cost"]
+        coll = ", ".join(f"{k} {v[0]:.0f} ({_mib(v[1])})" for k, v in sorted(c["collectives"].items()))
+        lines.append(
+            f"| {r['graph']} | {r['batch']} | {r['bucket']} | {r['block_size'] or '-'} | {_mib(c['weight_bytes'])} | "
+            f"{_mib(c['expert_weight_bytes'])} ({r['ratio_expert_bytes_to_layer']:.2f}) | "
+            f"{_mib(c['materialised_bytes'])} ({_mib(c['selective_bytes'])}) | {_mib(c['kv_bytes'])} | "
+            f"{c['flops'] / 1e9:,.1f} | {coll} | {r['ratio_bytes']:.2f} ({r['ratio_bytes_unfused']:.2f}) | "
+            f"{r['ratio_weight_kv']:.2f} | "
+            f"{r['ratio_flops']:.2f} ({r['ratio_expert_flops']:.2f}) | {r['estimate_trn2_ms']:.3f} ({r['estimate_trn2_floor_ms']:.3f}) |")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="checkpoint directory whose config.json to use (default: ZAYA1 real widths)")
+    p.add_argument("--layers", type=int, default=2, help="decoder layers to lower; extrapolated to the config's depth")
+    p.add_argument("--tp", type=int, default=4)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--cte-buckets", type=int, nargs="*", default=[128, 512, 2048])
+    p.add_argument("--tkg-buckets", type=int, nargs="*", default=[4096])
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    p.add_argument("--block-size", type=int, help="CTE blockwise MoE block size (default: chosen from the bucket)")
+    p.add_argument("--json", help="also write every case (with the materialised op list) to this file")
+
+
+def run(args) -> int:
+    require_torch_xla()
+    if args.layers < 2:
+        raise ConfigError(f"--layers {args.layers}: lower at least 2 layers (the first has no EDA state).")
+    config = ZayaConfig.from_pretrained(args.model) if args.model else ZayaConfig()
+    dtype = DTYPES[args.dtype]
+    rows = [case(config, args.tp, b, s, g, dtype, args.layers, args.block_size) for g, buckets in
+            (("cte", args.cte_buckets), ("tkg", args.tkg_buckets)) for b in args.batch for s in buckets]
+    print(f"one rank of tp={args.tp}, {args.dtype}, {config.num_hidden_layers} layers (lowered {args.layers} "
+          f"and {args.layers + 1}, extrapolated); trn2 ms is an ESTIMATE (roofline, no measurement)")
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0

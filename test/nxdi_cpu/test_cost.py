@@ -1,0 +1,136 @@
+"""The cost model's accounting against hand-computed values: a hand-written HLO module, then the tiny config's
+lowered CTE and TKG graphs at tp 2 (one rank's shapes), whose expert, KV, state and collective bytes follow
+from the config by hand. Runs where torch-xla is installed (CI's NxDI stage, PJRT_DEVICE=CPU)."""
+
+import pytest
+import torch
+
+pytest.importorskip("torch_xla")
+
+from zaya1 import cost  # noqa: E402
+from zaya1.config import ZayaConfig  # noqa: E402
+from zaya1.hlo import analyse  # noqa: E402
+
+HLO = """HloModule m, entry_computation_layout={()}
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %s = f32[] add(f32[] %a, f32[] %b)
+}
+
+ENTRY %main (p0.1: bf16[16,1024,512], p1.2: s64[3], p2.3: f32[3,512], p3.4: f32[600,512]) -> (f32[3,1024]) {
+  %p0.1 = bf16[16,1024,512]{2,1,0} parameter(0)
+  %p1.2 = s64[3]{0} parameter(1)
+  %reshape.5 = s64[3,1]{1,0} reshape(s64[3]{0} %p1.2)
+  %gather.6 = bf16[3,1024,512]{2,1,0} gather(bf16[16,1024,512]{2,1,0} %p0.1, s64[3,1]{1,0} %reshape.5), offset_dims={1,2}, collapsed_slice_dims={0}, start_index_map={0}, index_vector_dim=1, slice_sizes={1,1024,512}
+  %convert.7 = f32[3,1024,512]{2,1,0} convert(bf16[3,1024,512]{2,1,0} %gather.6)
+  %p2.3 = f32[3,512]{1,0} parameter(2)
+  %dot.8 = f32[3,1024]{1,0} dot(f32[3,512]{1,0} %p2.3, f32[3,1024,512]{2,1,0} %convert.7), lhs_batch_dims={0}, lhs_contracting_dims={1}, rhs_batch_dims={0}, rhs_contracting_dims={2}
+  %p3.4 = f32[600,512]{1,0} parameter(3)
+  %concatenate.9 = f32[1200,512]{1,0} concatenate(f32[600,512]{1,0} %p3.4, f32[600,512]{1,0} %p3.4), dimensions={0}
+  %all-reduce.10 = f32[3,1024]{1,0} all-reduce(f32[3,1024]{1,0} %dot.8), replica_groups={{0,1}}, to_apply=%add
+  ROOT %tuple.11 = (f32[3,1024]{1,0}, f32[1200,512]{1,0}) tuple(f32[3,1024]{1,0} %all-reduce.10, f32[1200,512]{1,0} %concatenate.9)
+}
+"""
+
+
+def test_hand_written_hlo():
+    roles = {0: ("experts", 2), 1: ("input", 8), 2: ("input", 4), 3: ("kv", 4)}
+    c = analyse(HLO, roles)
+    assert c.read_bytes == {"experts": 3 * 1024 * 512 * 2,  # three gathered experts, not all 16
+                            "input": 3 * 8 + 3 * 512 * 4, "kv": 600 * 512 * 4}
+    assert c.flops == c.expert_flops == 2 * 3 * 1024 * 512  # its rhs is a selection of expert weights
+    assert c.collectives == {"all-reduce": [1, 3 * 1024 * 4]}
+    big = {m.name: (m.nbytes, m.source, m.selective) for m in c.materialised}
+    assert big == {"gather.6": (3 * 1024 * 512 * 2, "experts", True),  # only consumer: a dot (via convert)
+                   "concatenate.9": (1200 * 512 * 4, "kv", False)}
+    assert c.ops["parameter"] == 4 and c.ops["dot"] == 1  # the reducer's parameters are not counted
+
+
+# tiny ZAYA1 at tp 2: rank shapes q heads 2, KV heads 1 (whole groups), I_local 16
+CFG = ZayaConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=16, num_experts=4, moe_intermediate_size=32, router_hidden_size=8,
+                 max_position_embeddings=512, torch_dtype="float32")
+TP, B, LAYERS, H, D, F32 = 2, 2, 2, 64, 16, 4
+EXPERT = (2 * 16 * H + H * 16) * F32  # one expert's gate_up [2I, H] + down [H, I] on a rank: 12,288 B
+ALL_REDUCE = B * H * F32  # [B, 1, H] fp32 per reduce in TKG
+
+
+def graph(kind, bucket):
+    return cost.graph_cost(CFG, TP, B, bucket, kind, torch.float32)[0]
+
+
+def test_tkg_accounting():
+    c = graph("tkg", 8)
+    assert c.expert_weight_bytes == LAYERS * B * EXPERT  # each token's own expert, per layer
+    assert c.expert_flops == LAYERS * 2 * B * EXPERT // F32  # 2 x rows x expert elements
+    kv_read = LAYERS * 2 * B * 1 * 8 * D * F32  # K and V [B, 1, 8, 16] per layer
+    kv_written = LAYERS * 2 * B * 1 * 1 * D * F32
+    assert c.kv_bytes == kv_read + kv_written == 4608
+    state = LAYERS * B * ((2 + 1) * D * 2 + D) * F32  # conv [B, 48, 2] + value [B, 16]
+    assert c.state_bytes == 2 * state  # read and written
+    # embedding reduce + 2 per layer; logits [B, 256] gathered from [B, 128]
+    assert c.collectives == {"all-reduce": [1 + 2 * LAYERS, (1 + 2 * LAYERS) * ALL_REDUCE],
+                             "all-gather": [1, B * 256 * F32]}
+    assert c.materialised_bytes == 0  # nothing over 1 MiB at these widths
+    assert c.ops.get("concatenate", 0) > 0 and c.ops["dot"] > 0
+
+
+def test_cte_accounting():
+    c = graph("cte", 64)
+    # 128 tokens, 4 experts: block_size_for picks 128 rows, so 4 + (128 - 4) // 128 = 4 blocks per layer
+    assert c.expert_weight_bytes == LAYERS * 4 * EXPERT
+    assert c.expert_flops == LAYERS * 2 * (4 * 128) * EXPERT // F32  # every row of the 4 blocks is computed
+    assert c.kv_bytes == LAYERS * 2 * B * 1 * 64 * D * F32  # written, nothing read
+    assert c.state_bytes == LAYERS * B * ((2 + 1) * D * 2 + D) * F32
+    assert c.collectives["all-reduce"] == [1 + 2 * LAYERS, (1 + 2 * LAYERS) * B * 64 * H * F32]
+    assert c.collectives["all-gather"] == [1, B * 256 * F32]  # only the last token's logits
+    assert "reduce-window" not in c.ops and "sort" not in c.ops  # no cumsum / sort over tokens
+
+
+def test_layer_extrapolation_is_exact():
+    """Lowering 2 and 3 layers and extrapolating to 4 gives the 4-layer graph's numbers."""
+    deep = CFG.replace(num_hidden_layers=4, layer_types=CFG.layer_types * 2)
+    direct = cost.graph_cost(deep, TP, B, 8, "tkg", torch.float32)[0]
+    small = cost.graph_cost(CFG, TP, B, 8, "tkg", torch.float32)[0]
+    big = cost.graph_cost(CFG.replace(num_hidden_layers=3, layer_types=CFG.layer_types + CFG.layer_types[:1]),
+                          TP, B, 8, "tkg", torch.float32)[0]
+    assert small.extrapolate(big, 2) == direct
+
+
+def test_minimum_tkg_by_hand():
+    low = cost.minimum(CFG, TP, B, 8, "tkg", torch.float32)
+    assert low["expert_weight_bytes"] == LAYERS * B * EXPERT
+    assert low["kv_bytes"] == LAYERS * 2 * B * 9 * D * F32
+    assert low["layer_expert_bytes"] == 4 * EXPERT
+
+
+@pytest.mark.parametrize("block_size", [None, 16])
+def test_lowered_steps_compute_the_eager_result(block_size):
+    """The graphs the cost model reads are the right ones: prefill (blockwise MoE, cumsum by matmul) and
+    decode (cache scored in place) run on the XLA CPU device match the eager CPU model (grouped MoE, concatenated
+    cache), float32."""
+    import torch_xla
+
+    from zaya1.demo import demo_model
+
+    model = demo_model().model
+    for layer in model.layers:
+        layer.mlp.experts.block_size = block_size
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, model.config.vocab_size, (2, 40), generator=gen)
+    lengths, step = torch.tensor([40, 23]), torch.randint(3, model.config.vocab_size, (2, 1), generator=gen)
+    dev = torch_xla.device()
+    with torch.no_grad():
+        hidden, steps = model.prefill(ids, lengths, dispatch="grouped")
+        past = [(s.key, s.value) for s in steps]
+        states = [(s.conv, s.value_prev) for s in steps]
+        decoded, _ = model.decode(step, lengths, past, states)
+        xla = model.to(dev)
+        hidden_x, steps_x = xla.prefill(ids.to(dev), lengths.to(dev), dispatch="blockwise")
+        decoded_x, _ = xla.decode(step.to(dev), lengths.to(dev), [(k.to(dev), v.to(dev)) for k, v in past],
+                                  [(c.to(dev), v.to(dev)) for c, v in states])
+    assert (hidden_x.cpu() - hidden).abs().max().item() <= 1e-4
+    assert max((a.key.cpu() - b.key).abs().max().item() for a, b in zip(steps_x, steps)) <= 1e-4
+    assert (decoded_x.cpu() - decoded).abs().max().item() <= 1e-4
