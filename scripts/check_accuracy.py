@@ -9,6 +9,11 @@ check_accuracy_logits_v2 (torch_neuronx logit validation, NxDI default tolerance
     python scripts/check_accuracy.py --model-path /ckpt/ZAYA1-8B --compiled-model-path /tmp/zaya1-tp4 \
         --prompt "The capital of France is" --num-tokens 64
 
+Without Trainium, ``--cpu-mode`` runs the same NxDI graphs in NxDI's own CPU mode (float32; tp > 1 under
+``torchrun --nproc-per-node N``) instead of loading compiled artifacts:
+
+    python scripts/check_accuracy.py --model-path /ckpt/ZAYA1-8B --cpu-mode --tp-degree 1 --num-tokens 16
+
 The Neuron model must have been compiled without --on-device-sampling (logits on the host).
 Exit status 1 if top-1 agreement is below --min-top1.
 """
@@ -21,6 +26,7 @@ import sys
 import torch
 
 from zaya1 import ZayaForCausalLM
+from zaya1.cli import token_ids
 from zaya1.errors import run_reporting_errors
 from zaya1.generation import Tokenizer, teacher_forced_logits
 
@@ -36,8 +42,12 @@ def compare(expected: torch.Tensor, actual: torch.Tensor) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-path", required=True)
-    p.add_argument("--compiled-model-path", required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--compiled-model-path", help="artifacts written by zaya1 compile")
+    where.add_argument("--cpu-mode", action="store_true", help="run the NxDI graphs in NxDI's CPU mode instead")
+    p.add_argument("--tp-degree", type=int, default=1, help="--cpu-mode: tensor parallel degree")
     p.add_argument("--prompt", action="append", help="prompt text (repeat; prompts must tokenize to equal length)")
+    p.add_argument("--prompt-ids", type=token_ids, help="comma-separated token ids instead of text (no tokenizer)")
     p.add_argument("--num-tokens", type=int, default=64)
     p.add_argument("--reference-dtype", default="float32")
     p.add_argument("--min-top1", type=float, default=0.95, help="fail below this mean top-1 agreement")
@@ -48,10 +58,13 @@ def main(argv=None) -> int:
 
 
 def check(p, args) -> int:
-    from zaya1.neuron import NeuronZayaForCausalLM
+    from zaya1.neuron import NeuronZayaForCausalLM, ZayaInferenceConfig, ZayaNeuronConfig
 
-    tokenizer = Tokenizer.from_pretrained(args.model_path)
-    rows = [tokenizer.encode(text) for text in (args.prompt or ["The capital of France is"])]
+    if args.prompt_ids:
+        rows = [args.prompt_ids]
+    else:
+        tokenizer = Tokenizer.from_pretrained(args.model_path)
+        rows = [tokenizer.encode(text) for text in (args.prompt or ["The capital of France is"])]
     if len({len(r) for r in rows}) != 1:
         p.error("prompts must tokenize to the same length (compare one prompt per run otherwise)")
     prompts = torch.tensor(rows)
@@ -61,7 +74,14 @@ def check(p, args) -> int:
     expected = teacher_forced_logits(reference, prompts, tokens[:, :-1])  # [B, N, V]
     del reference
 
-    neuron = NeuronZayaForCausalLM.from_compiled(args.compiled_model_path, model_path=args.model_path)
+    if args.cpu_mode:
+        total = prompts.shape[1] + args.num_tokens + 1
+        nc = ZayaNeuronConfig(tp_degree=args.tp_degree, batch_size=len(rows), seq_len=total,
+                              max_context_length=prompts.shape[1] + 1, torch_dtype=torch.float32, on_cpu=True)
+        neuron = NeuronZayaForCausalLM(args.model_path, ZayaInferenceConfig.from_checkpoint(args.model_path, nc))
+        neuron.to_cpu()
+    else:
+        neuron = NeuronZayaForCausalLM.from_compiled(args.compiled_model_path, model_path=args.model_path)
     actual = teacher_forced_logits(neuron, prompts, tokens[:, :-1])
     records = compare(expected, actual)
     for r in records:

@@ -115,8 +115,8 @@ def main() -> None:
         torch.distributed.init_process_group(backend="xla", rank=0, world_size=args.tp)
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=args.tp, skip_collective_init=True)
         model = NeuronZayaModel(config).eval()
-        for param in model.parameters():  # random weights of the model's scale (the math is what is lowered)
-            if param.is_floating_point() and param.numel() > 1:
+        for param in model.parameters():  # random weights (the math is what is lowered), none left empty
+            if param.is_floating_point():
                 param.normal_(0, 0.02)
         eager = None
         if args.execute:  # the same weights, run eagerly on CPU (NxDI's CPU mode)

@@ -103,3 +103,24 @@ def test_shims_raise_and_record():
 
 def test_equivalents_are_used_and_counted():
     assert neuron_sdk_shims.EQUIVALENT_USES["torch_neuronx.utils.get_platform_target"] >= 1
+
+
+def test_check_accuracy_script_end_to_end(tmp_path):
+    """scripts/check_accuracy.py --cpu-mode against the golden model: every position within 1e-4, top-1 equal."""
+    golden = cases.golden("gqa")["a_input_ids"][0].tolist()
+    report = tmp_path / "accuracy.json"
+    script = ROOT / "scripts" / "check_accuracy.py"
+    code = ("import sys, runpy, neuron_sdk_shims; neuron_sdk_shims.install(); "
+            f"sys.argv = [{str(script)!r}] + sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    env = dict(os.environ, PJRT_DEVICE="CPU",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(Path(cases.__file__).parent / "shims")]))
+    run = subprocess.run([sys.executable, "-W", "ignore", "-c", code, "--model-path",
+                          str(cases.golden_dir("gqa", "original")), "--cpu-mode", "--prompt-ids",
+                          ",".join(map(str, golden)), "--num-tokens", "10", "--json", str(report)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    result = json.loads(report.read_text())
+    record(1, "check_accuracy_script", {"max_abs_dlogit": result["max_abs_dlogit"],
+                                        "top1_agreement": result["top1_agreement"]})
+    assert result["max_abs_dlogit"] <= TOL and result["top1_agreement"] == 1.0
+    assert len(result["positions"]) == 10
