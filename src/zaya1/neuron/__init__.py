@@ -66,6 +66,5 @@ def register() -> None:
     MODEL_TYPES[MODEL_TYPE] = {"causal-lm": NeuronZayaForCausalLM}
 
 
-__all__ = ["NeuronZayaForCausalLM", "NeuronZayaModel", "ZayaInferenceConfig", "ZayaNeuronConfig", "OnDeviceSamplingConfig",
-           "register",
-           "sdk_available", "INSTALL_HINT"]
+__all__ = ["NeuronZayaForCausalLM", "NeuronZayaModel", "ZayaInferenceConfig", "ZayaNeuronConfig",
+           "OnDeviceSamplingConfig", "register", "sdk_available", "INSTALL_HINT"]
