@@ -124,3 +124,30 @@ def test_check_accuracy_script_end_to_end(tmp_path):
                                         "top1_agreement": result["top1_agreement"]})
     assert result["max_abs_dlogit"] <= TOL and result["top1_agreement"] == 1.0
     assert len(result["positions"]) == 10
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_presharded_weights_are_the_plans_rank_shards(tp, tmp_path):
+    """What compile() saves (NxDI's shard_weights -> NxD's ModelBuilder.shard_checkpoint -> safetensors): one file
+    per rank whose tensors are exactly zaya1's per-rank shards (zaya1.parallel, the plan SimulatedTP proves).
+    At tp 1 the tied lm_head must not share memory with the embedding (safetensors refuses shared tensors)."""
+    from safetensors.torch import load_file
+
+    from zaya1 import ZayaForCausalLM
+    from zaya1.neuron import NeuronZayaForCausalLM, ZayaInferenceConfig, ZayaNeuronConfig
+    from zaya1.parallel import rank_state_dicts
+
+    path = cases.golden_dir("gqa", "original")
+    nc = ZayaNeuronConfig(tp_degree=tp, batch_size=2, seq_len=64, max_context_length=32, torch_dtype=torch.float32,
+                          save_sharded_checkpoint=True)
+    model = NeuronZayaForCausalLM(str(path), ZayaInferenceConfig.from_checkpoint(str(path), nc))
+    model.shard_weights(str(tmp_path) + "/")
+    cpu = ZayaForCausalLM.from_pretrained(path)
+    for rank, expected in enumerate(rank_state_dicts(cpu.state_dict(), cpu.config, tp)):
+        saved = load_file(str(tmp_path / "weights" / f"tp{rank}_sharded_checkpoint.safetensors"))
+        missing = sorted(set(expected) - set(saved))
+        assert not missing, missing
+        for key, tensor in expected.items():
+            assert torch.equal(saved[key], tensor), key
+        vocab_rows = expected["model.embed_tokens.weight"].shape[0]
+        assert torch.equal(saved["lm_head.weight"][:vocab_rows], expected["model.embed_tokens.weight"])

@@ -178,7 +178,8 @@ SHIMS: dict[str, dict | object] = {
         "QuantizationType": QuantizationType, "QKVWeightLayout": QKVWeightLayout, "GateUpDim": GateUpDim},
     "nkilib.core.utils.kernel_helpers": {"get_verified_program_sharding_info": R, "kernel_assert": R},
     "nkilib.core.utils.tensor_view": {"TensorView": R},
-    "torch_neuronx": {"BucketModelConfig": R},
+    # ModelBuilder (trace/model_builder.py) requires the torch-neuronx 2.x line: the one matching torch 2.9
+    "torch_neuronx": {"BucketModelConfig": R, "__version__": "2.9.0+shim"},
     "torch_neuronx.experimental": {},
     "torch_neuronx.experimental.profiler": {},
     "torch_neuronx.experimental.profiler.v2_x": {},
