@@ -113,7 +113,7 @@ class ZayaInferenceConfig(InferenceConfig):
         self.eos_token_id = zaya.eos_token_id
         self.tie_word_embeddings = zaya.tie_word_embeddings
         # read by every NxDI forward (models/model_base.py _setup_func_config)
-        self.output_attentions, self.output_hidden_states, self.use_return_dict = False, False, True
+        self.output_attentions, self.output_hidden_states = False, False
 
     @property
     def zaya_config(self) -> ZayaConfig:
