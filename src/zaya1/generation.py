@@ -8,6 +8,7 @@ the simulated tensor-parallel one, and the Neuron one.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,9 +188,24 @@ def teacher_forced_logits(model, prompts: torch.Tensor, continuation: torch.Tens
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
+def _auto_tokenizer_picks_a_class(path: Path) -> bool:
+    """Whether transformers' AutoTokenizer can choose the tokenizer class: tokenizer_config.json names one, or
+    this transformers maps ``model_type: zaya`` to one (>= 5.23). Older ones (NxDI pins 4.57) refuse such a
+    checkpoint."""
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+
+    config = path / "tokenizer_config.json"
+    try:
+        named = config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class"))
+    except (ValueError, AttributeError):
+        return True  # unreadable: AutoTokenizer's own error says so
+    return named or "zaya" in TOKENIZER_MAPPING_NAMES
+
+
 class Tokenizer:
-    """The checkpoint's tokenizer: transformers' AutoTokenizer when installed (chat templates), otherwise the
-    ``tokenizers`` library on tokenizer.json. Never runs code from the checkpoint."""
+    """The checkpoint's tokenizer: transformers' AutoTokenizer when installed (chat templates; tokenizer.json as
+    a plain fast tokenizer where AutoTokenizer cannot choose a class), otherwise the ``tokenizers`` library on
+    tokenizer.json. Never runs code from the checkpoint."""
 
     def __init__(self, backend, eos_token_ids: list[int] | None = None):
         self.backend = backend
@@ -208,6 +224,10 @@ class Tokenizer:
             AutoTokenizer = None
         try:
             if AutoTokenizer is not None:
+                if (path / "tokenizer.json").is_file() and not _auto_tokenizer_picks_a_class(path):
+                    from transformers import PreTrainedTokenizerFast
+
+                    return cls(PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True))
                 return cls(AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True))
             from tokenizers import Tokenizer as RawTokenizer
 
