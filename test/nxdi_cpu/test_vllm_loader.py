@@ -192,7 +192,7 @@ result = {"cls": cls.__qualname__, "is_zaya1s": cls is zaya1.neuron.NeuronZayaFo
         assert "llama" in out["others_kept"] and "zaya" in out["others_kept"]
 
 
-def test_vllm_model_registry_entry(tmp_path):
+def test_vllm_model_registry_entry(tmp_path, monkeypatch):
     """vLLM's ModelRegistry contract (vLLM is absent here, so a recording ModelRegistry stands in): the
     plugin registers "ZayaForCausalLM" as a lazy "module:Class" once, never over vLLM's own class, and
     the class it names satisfies vLLM's model interface but refuses to be built."""
@@ -230,11 +230,8 @@ for arch, target in ModelRegistry.calls:
     assert out["calls"] == [["ZayaForCausalLM", "zaya1.neuron.vllm_plugin:ZayaForCausalLMStub"]]
     assert {"vllm_config", "prefix"} <= set(out["init_kw"]) and out["forward_kw"][1:3] == ["input_ids", "positions"]
     assert out["compute_logits"] and "vllm-neuron" in out["error"] and "\n" not in out["error"]
-    os.environ["FAKE_VLLM_ARCHS"] = "ZayaForCausalLM"
-    try:
-        assert run(body, extra_path=str(tmp_path))["calls"] == []
-    finally:
-        del os.environ["FAKE_VLLM_ARCHS"]
+    monkeypatch.setenv("FAKE_VLLM_ARCHS", "ZayaForCausalLM")  # vLLM's own ZayaForCausalLM is kept
+    assert run(body, extra_path=str(tmp_path))["calls"] == []
 
 
 # ---------------------------------------------------------------------------------------------- config + run
