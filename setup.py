@@ -13,10 +13,17 @@ setup(
     install_requires=["torch>=2.4", "safetensors>=0.4", "tokenizers>=0.19", "tqdm>=4.60"],
     # transformers < 5.40: the parity tests drive upstream's cache through past_key_values, removed in 5.40
     extras_require={
-        "hf": ["transformers>=5.23,<5.40"],
+        "hf": ["transformers>=5.23,<5.40"],  # upstream ZayaForCausalLM: the CPU test reference and `zaya1 bench`
         "test": ["pytest>=7", "transformers>=5.23,<5.40"],
-        # Installed from the Neuron package repository on a Neuron DLAMI, not from PyPI (README).
-        "neuron": ["neuronx-distributed-inference", "neuronx-distributed", "torch-neuronx"],
+        # Neuron: the SDK comes with the Neuron DLAMI's NxDI virtualenv, and NxDI pins transformers 4.57 (it fails
+        # to import on 5.x), so these extras never name transformers or an SDK package: `pip install -e
+        # ".[neuron-test]"` there finds everything else already installed and changes nothing (docs/vllm.md).
+        "neuron": [],
+        "neuron-test": ["pytest>=7"],
     },
-    entry_points={"console_scripts": ["zaya1=zaya1.cli:main"]},
+    entry_points={
+        "console_scripts": ["zaya1=zaya1.cli:main"],
+        # run by vLLM in each of its processes: AutoConfig / NxDI / vLLM registrations (docs/vllm.md)
+        "vllm.general_plugins": ["zaya1=zaya1.neuron.vllm_plugin:register"],
+    },
 )

@@ -36,6 +36,7 @@ import torch
 from . import kernels
 from .checkpoint import DTYPES
 from .config import ZayaConfig
+from .errors import InputError
 
 SYNTHETIC_VERSION = 2  # bump when write_synthetic_checkpoint changes the weights
 
@@ -394,8 +395,14 @@ class HFRunner(Runner):
 
     def __init__(self, path: Path, dtype: torch.dtype, device: str, attn: str, experts: str | None):
         super().__init__(device)
-        import transformers
-
+        try:
+            import transformers
+        except ImportError:
+            transformers = None
+        if not hasattr(transformers, "ZayaForCausalLM"):
+            found = f"transformers {transformers.__version__}" if transformers else "no transformers"
+            raise InputError(f"the comparison with upstream ZayaForCausalLM needs transformers >= 5.23 ({found} "
+                             f"installed): pip install 'transformers>=5.23', or pass --no-hf.")
         kwargs = {"dtype": dtype, "attn_implementation": attn}
         if experts:
             kwargs["experts_implementation"] = experts

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from zaya1 import ZayaForCausalLM, kernels
 from zaya1.bench import decode_bytes, main, synthetic_hf_config
 from zaya1.config import ZayaConfig
+from zaya_testlib import upstream
 
 ROOT = Path(__file__).parents[2]
 TINY_HF = ROOT / "test" / "data" / "golden" / "zaya1-original-tiny" / "hf-layout"
@@ -76,7 +77,7 @@ def test_synthetic_config_is_the_real_width_model():
 
 
 def test_bench_end_to_end_on_a_tiny_checkpoint(tmp_path, capsys):
-    pytest.importorskip("transformers")
+    upstream()
     out = tmp_path / "perf.json"
     assert main(["--model", str(TINY_HF), "--backends", "cpu,neuron", "--batches", "1,2", "--new-tokens", "3",
                  "--repeats", "1", "--compile", "off", "--bandwidth-mb", "16", "--json", str(out)]) == 0

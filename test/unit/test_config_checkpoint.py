@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import zaya1
-from zaya_testlib import GOLDEN_DIR, GOLDEN_SETS, TINY_CONFIGS, TOL, max_diff, write_large_checkpoint
+from zaya_testlib import GOLDEN_DIR, GOLDEN_SETS, TINY_CONFIGS, TOL, max_diff, upstream, write_large_checkpoint
 
 pytestmark = pytest.mark.usefixtures("inference")
 
@@ -25,7 +24,7 @@ SRC = Path(zaya1.__file__).resolve().parents[1]
 LAYOUT_DEPENDENT = {"layout", "router_norm_eps", "skip_expert_output"}
 
 
-def assert_matches_upstream_config(ours: zaya1.ZayaConfig, theirs: transformers.ZayaConfig) -> None:
+def assert_matches_upstream_config(ours: zaya1.ZayaConfig, theirs) -> None:
     """Every canonical field against transformers' own parse of the same HF-layout config.json."""
     for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                  "head_dim", "num_experts", "moe_intermediate_size", "router_hidden_size", "cca_time0",
@@ -51,7 +50,7 @@ def test_golden_layouts_parse_to_the_same_config(name):
     hf = zaya1.ZayaConfig.from_pretrained(GOLDEN_DIR / name / "hf-layout")
     differing = {k for k in original if original[k] != hf.to_dict()[k]}
     assert differing == LAYOUT_DEPENDENT
-    assert_matches_upstream_config(hf, transformers.ZayaConfig.from_pretrained(GOLDEN_DIR / name / "hf-layout"))
+    assert_matches_upstream_config(hf, upstream().ZayaConfig.from_pretrained(GOLDEN_DIR / name / "hf-layout"))
 
 
 @pytest.mark.parametrize("name", GOLDEN_SETS)

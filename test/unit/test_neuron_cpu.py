@@ -10,7 +10,7 @@ import torch
 import zaya1
 from zaya1 import NeuronUnavailableError
 from zaya1.config import ZayaConfig
-from zaya1.neuron import sdk_available
+from zaya1.neuron import missing_sdk_packages, sdk_available
 from zaya1.parallel import describe_plan
 
 ROOT = Path(__file__).parents[2]
@@ -32,7 +32,7 @@ def test_neuron_names_explain_how_to_install(name):
     cls = getattr(zaya1, name)
     with pytest.raises(NeuronUnavailableError, match="Neuron SDK is not installed.*pip install"):
         cls()
-    with pytest.raises(NeuronUnavailableError, match="neuronx_distributed_inference"):
+    with pytest.raises(NeuronUnavailableError, match=missing_sdk_packages()[0]):
         cls.from_pretrained  # noqa: B018  (any attribute)
     assert issubclass(NeuronUnavailableError, ImportError)
 
@@ -43,6 +43,21 @@ def test_register_without_sdk_says_what_is_missing():
 
     with pytest.raises(NeuronUnavailableError, match="register"):
         register()
+
+
+def test_vllm_plugin_registers_the_auto_config_only_where_transformers_lacks_zaya():
+    """The vLLM general plugin in a process without the Neuron SDK and vLLM: AutoConfig reads ZAYA1 through
+    upstream's ZayaConfig when transformers has one (>= 5.23), else through zaya1's, with canonical fields."""
+    pytest.importorskip("transformers")
+    code = ("import transformers; from transformers import AutoConfig; "
+            "known = 'zaya' in transformers.models.auto.configuration_auto.CONFIG_MAPPING; "
+            "from zaya1.neuron.vllm_plugin import register; register(); register(); "
+            f"c = AutoConfig.from_pretrained({str(GOLDEN / 'hf-layout')!r}); "
+            "print(known, type(c).__module__, c.num_attention_heads, c.num_key_value_heads, c.head_dim)")
+    known, module, *fields = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                            text=True).stdout.split()
+    assert module == ("transformers.models.zaya.configuration_zaya" if known == "True" else "zaya1.neuron.hf_config")
+    assert fields == ["4", "2", "128"]
 
 
 def test_neuron_sdk_is_imported_only_inside_the_neuron_package():

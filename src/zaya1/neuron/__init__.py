@@ -42,6 +42,7 @@ if sdk_available():
     from neuronx_distributed_inference.models.config import OnDeviceSamplingConfig
 
     from .application import NeuronZayaForCausalLM
+    from .hf_config import register_auto_config  # NxDI needs transformers, so it is there
     from .modeling import NeuronZayaModel, ZayaInferenceConfig, ZayaNeuronConfig
 else:
     NeuronZayaForCausalLM = _Unavailable("NeuronZayaForCausalLM", (), {"__module__": __name__})
@@ -54,15 +55,17 @@ MODEL_TYPE = "zaya"  # vllm-neuron looks up architectures[0] "ZayaForCausalLM" -
 
 
 def register() -> None:
-    """Register ZAYA1 in NxDI's model registry (``MODEL_TYPES``) of this process, without editing any
-    installed file, so that vllm-neuron and NxDI's inference_demo find ``NeuronZayaForCausalLM``. Call it
-    in every process that loads models (for vLLM: before building the engine, or via a
-    ``vllm.general_plugins`` entry point so each worker runs it)."""
+    """Register ZAYA1 in NxDI's model registry (``MODEL_TYPES``, mutated in place: vllm-neuron imports the
+    dict by name) and, on transformers < 5.23, ``model_type: zaya`` in ``AutoConfig`` (NxDI's
+    ``load_pretrained_config`` reads config.json through it), without editing any installed file. Call it in
+    every process that loads models; for vLLM the ``vllm.general_plugins`` entry point
+    (``zaya1.neuron.vllm_plugin:register``) does, in each process."""
     if not sdk_available():
         raise NeuronUnavailableError(f"zaya1.neuron.register() needs {', '.join(missing_sdk_packages())}. "
                                      f"{INSTALL_HINT}")
     from neuronx_distributed_inference.utils.constants import MODEL_TYPES
 
+    register_auto_config()
     MODEL_TYPES[MODEL_TYPE] = {"causal-lm": NeuronZayaForCausalLM}
 
 
