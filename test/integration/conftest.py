@@ -59,16 +59,13 @@ class Trn2:
                 pytest.fail(f"zaya1 compile {' '.join(argv)} exited with {rc} (its output is above)")
         return out
 
-    def load(self, checkpoint: Path, keep: bool = True, **settings):
-        """The compiled model (kept for later tests unless ``keep=False``: large models are loaded once)."""
+    def load(self, checkpoint: Path, **settings):
+        """The compiled model, loaded once per session."""
         from zaya1.neuron import NeuronZayaForCausalLM
 
         out = self.compiled(checkpoint, **settings)
         if out not in self.loaded:
-            model = NeuronZayaForCausalLM.from_compiled(str(out), model_path=str(checkpoint))
-            if not keep:
-                return model
-            self.loaded[out] = model
+            self.loaded[out] = NeuronZayaForCausalLM.from_compiled(str(out), model_path=str(checkpoint))
         return self.loaded[out]
 
 
