@@ -218,7 +218,8 @@ def test_performance(trn2, real_checkpoint, tp_degree, perf_records, release, ba
         runs = [runner.generate_timed(ids, BENCH.new_tokens) for _ in range(BENCH.repeats + 1)][1:]
     assert all(r.tokens.shape == (batch, BENCH.new_tokens) for r in runs)
     common = {"batch": batch, "prompt_len": prompt_len, "tp": tp_degree, "dtype": REAL_SETTINGS["dtype"],
-              "lnc": os.environ.get("NEURON_LOGICAL_NC_CONFIG"), "context_bucket": sorted(set(buckets.picked["context"])),
+              "lnc": os.environ.get("NEURON_LOGICAL_NC_CONFIG"),
+              "context_bucket": sorted(set(buckets.picked["context"])),
               "token_buckets": sorted(set(buckets.picked["token"])), "new_tokens": BENCH.new_tokens,
               "repeats": BENCH.repeats, "backend": "neuron", "compiled": compiled.name}
     perf_records.append({"metric": "ttft", "value": statistics.median(r.ttft for r in runs) * 1e3, "unit": "ms",
