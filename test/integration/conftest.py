@@ -1,20 +1,28 @@
 """trn2 integration suite: runs only where the Neuron SDK is installed (skipped with the reason elsewhere).
 
 Environment (see docs/trainium.md):
-  ZAYA1_CHECKPOINT     real ZAYA1 checkpoint directory (either layout, with its tokenizer); tests that need
-                       real weights skip without it
   ZAYA1_TP             tensor parallel degree (default 4: trn2.3xlarge at NEURON_LOGICAL_NC_CONFIG=2)
-  ZAYA1_COMPILED_DIR   where compiled artifacts are kept between runs (default: a pytest temp dir)
-  ZAYA1_PERF_JSON      where the performance test writes TTFT and tokens/s (default: neuron-perf.json)
+  ZAYA1_COMPILED_DIR   where compiled artifacts are kept between runs, one directory per model, settings,
+                       checkpoint fingerprint and SDK version (default: a pytest temp dir, compiled anew)
+  ZAYA1_CHECKPOINT     a real ZAYA1 checkpoint directory (either layout, with its tokenizer); the real-weight
+                       tests skip without it
+  ZAYA1_PERF_JSON      where the performance test writes its records (default: neuron-perf.json)
 """
+import functools
+import gc
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from trn2_helpers import ROOT, artifacts_key, compile_argv
+from zaya1 import ZayaForCausalLM
+from zaya1.artifacts import is_complete
 from zaya1.neuron import missing_sdk_packages, sdk_available
-
-DATA = Path(__file__).parent.parent / "data"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -32,10 +40,46 @@ def tp_degree() -> int:
     return int(os.environ.get("ZAYA1_TP", "4"))
 
 
+class Trn2:
+    """Compiles through zaya1's own compile path (scripts/compile.py = ``zaya1 compile``: manifest, atomic
+    output) unless finished artifacts for the same key exist, and loads them with ``from_compiled``.
+
+    The compile runs in a child process: neuronx-cc's memory and the tracing state stay out of the test
+    process, and a compiler crash fails the tests of that model only."""
+
+    def __init__(self, root: Path, tp: int):
+        self.root, self.tp, self.loaded = root, tp, {}
+
+    def compiled(self, checkpoint: Path, **settings) -> Path:
+        out = self.root / artifacts_key(checkpoint, self.tp, settings)
+        if not is_complete(out):
+            argv = compile_argv(checkpoint, out, self.tp, settings)
+            rc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compile.py"), *argv]).returncode
+            if rc != 0:
+                pytest.fail(f"zaya1 compile {' '.join(argv)} exited with {rc} (its output is above)")
+        return out
+
+    def load(self, checkpoint: Path, **settings):
+        """The compiled model, loaded once per session."""
+        from zaya1.neuron import NeuronZayaForCausalLM
+
+        out = self.compiled(checkpoint, **settings)
+        if out not in self.loaded:
+            self.loaded[out] = NeuronZayaForCausalLM.from_compiled(str(out), model_path=str(checkpoint))
+        return self.loaded[out]
+
+
 @pytest.fixture(scope="session")
-def compiled_root(tmp_path_factory) -> Path:
+def trn2(tmp_path_factory, tp_degree) -> Trn2:
     root = os.environ.get("ZAYA1_COMPILED_DIR")
-    return Path(root) if root else tmp_path_factory.mktemp("compiled")
+    return Trn2(Path(root) if root else tmp_path_factory.mktemp("compiled"), tp_degree)
+
+
+@pytest.fixture(scope="session")
+def cpu_model():
+    """The CPU reference, zaya1.ZayaForCausalLM (tested against upstream transformers and the goldens),
+    loaded once per (checkpoint, dtype)."""
+    return functools.cache(lambda path, dtype=torch.float32: ZayaForCausalLM.from_pretrained(path, dtype=dtype))
 
 
 @pytest.fixture(scope="session")
@@ -46,51 +90,26 @@ def real_checkpoint() -> Path:
     return Path(path)
 
 
-def compile_once(model_path: Path, out: Path, **settings) -> Path:
-    """Compile with scripts/compile.py unless complete artifacts for these settings already exist."""
-    import subprocess
-    import sys
-
-    from zaya1.artifacts import is_complete
-
-    if not is_complete(out):
-        cmd = [sys.executable, str(Path(__file__).parents[2] / "scripts" / "compile.py"),
-               "--model-path", str(model_path), "--compiled-model-path", str(out)]
-        for key, value in settings.items():
-            flag = "--" + key.replace("_", "-")
-            cmd += [flag] if value is True else [flag, str(value)]
-        subprocess.run(cmd, check=True)
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint() -> Path:
-    return DATA / "golden" / "zaya1-original-gqa"
-
-
-@pytest.fixture(scope="session")
-def compiled_tiny(tiny_checkpoint, compiled_root, tp_degree) -> Path:
-    """The golden GQA model (4 query heads) in float32, so its tokens and logits are Zyphra's golden ones."""
-    tp = min(tp_degree, 4)
-    return compile_once(tiny_checkpoint, compiled_root / f"tiny-tp{tp}", tp_degree=tp, batch_size=2,
-                        max_context_length=16, seq_len=32, dtype="float32")
-
-
-@pytest.fixture(scope="session")
-def compiled_real(real_checkpoint, compiled_root, tp_degree) -> Path:
-    return compile_once(real_checkpoint, compiled_root / f"real-tp{tp_degree}", tp_degree=tp_degree, batch_size=4,
-                        max_context_length=128, seq_len=256, buckets="32,128", dtype="bfloat16")
-
-
-@pytest.fixture(scope="session")
-def neuron_real(compiled_real, real_checkpoint):
-    from zaya1.neuron import NeuronZayaForCausalLM
-
-    return NeuronZayaForCausalLM.from_compiled(str(compiled_real), model_path=str(real_checkpoint))
-
-
 @pytest.fixture(scope="session")
 def tokenizer(real_checkpoint):
     from zaya1.generation import Tokenizer
 
     return Tokenizer.from_pretrained(real_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def perf_records():
+    """Records of the performance tests, written to ZAYA1_PERF_JSON when the session ends."""
+    records = []
+    yield records
+    if records:
+        Path(os.environ.get("ZAYA1_PERF_JSON", "neuron-perf.json")).write_text(json.dumps(records, indent=1))
+
+
+@pytest.fixture
+def release():
+    """Models a test appends here are dropped (device memory freed) when it ends."""
+    models = []
+    yield models
+    models.clear()
+    gc.collect()

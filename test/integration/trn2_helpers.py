@@ -1,0 +1,146 @@
+"""What the trn2 integration tests share: the golden sets, the compile settings, how a test drives the step API
+(as test/nxdi_cpu/cases.py does), and a recorder of the buckets NxDI picks. Imports without the Neuron SDK."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from zaya1 import ZayaConfig, __version__
+from zaya1.artifacts import fingerprint_checkpoint, neuron_sdk_versions
+from zaya1.errors import ConfigError
+from zaya1.parallel import check_tp
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "test" / "data" / "golden"
+
+# neuronx-cc compiles float32 graphs with --auto-cast=none, but the PE array may still run float32 matmuls
+# with reduced internal precision (bf16 passes, mixed-precision accumulation), so float32 on the device is
+# held to 1e-3 max |dlogit| rather than the 1e-4 of the CPU paths.
+F32_TOL = 1e-3
+# bfloat16 on the device may be at most this many times as far from the float32 reference as zaya1's CPU
+# bfloat16 path is on the same inputs, measured in the same test (the CPU suite holds that path at least as
+# close to float32 as transformers' bfloat16 is); the margin covers a different summation order on device.
+BF16_FACTOR = 1.5
+
+# The golden models: batch 2 (golden sets b and c), context buckets 4/16/32 and token-generation buckets
+# 16/32/64, so that short prompts and decodes reach every compiled graph.
+GOLDEN_SETTINGS = dict(batch_size=2, max_context_length=32, seq_len=64, buckets="4,16,32",
+                       token_generation_buckets="16,32,64")
+# vLLM-style continuous batching: zaya1 compile --continuous-batching sets ctx_batch_size=1
+CB_SETTINGS = dict(batch_size=3, max_context_length=32, seq_len=64, continuous_batching=True)
+# A real checkpoint: context buckets <= 512 until a trn2 run clears the neuronx-cc crash reported on context
+# buckets >= 1024; the 128-token prompts of `zaya1 bench` land in the 256 bucket (NxDI's first fit takes the
+# first bucket longer than the input).
+REAL_SETTINGS = dict(max_context_length=256, seq_len=512, buckets="128,256", token_generation_buckets="256,512",
+                     dtype="bfloat16")
+
+
+def golden_dir(name: str, layout: str = "original") -> Path:
+    """The golden checkpoint. The original layout reproduces Zyphra's outputs with zaya1's defaults (router
+    norm eps 1e-6, scaled skip-expert output); hf-layout/ does so only with those overrides."""
+    return GOLDEN / f"zaya1-original-{name}" / ("hf-layout" if layout == "hf" else "")
+
+
+def golden(name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(GOLDEN / f"zaya1-original-{name}" / "golden.safetensors"))
+
+
+def unsupported_tp(name: str, tp: int) -> str | None:
+    """Why golden model ``name`` cannot be sharded ``tp`` ways (None if it can): tiny has one query head."""
+    try:
+        check_tp(ZayaConfig.from_pretrained(golden_dir(name)), tp)
+    except ConfigError as exc:
+        return f"golden model {name}: {exc}"
+    return None
+
+
+def compile_argv(model_path: Path, out: Path, tp: int, settings: dict) -> list[str]:
+    """``zaya1 compile`` arguments for these settings (True -> a bare flag)."""
+    argv = ["--model-path", str(model_path), "--compiled-model-path", str(out), "--tp-degree", str(tp)]
+    for key, value in sorted(settings.items()):
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
+def artifacts_key(model_path: Path, tp: int, settings: dict) -> str:
+    """Directory name for cached artifacts: the settings, the checkpoint's fingerprint and the zaya1 / Neuron
+    SDK versions, so a changed checkpoint or SDK compiles anew instead of being refused at load."""
+    what = {"settings": compile_argv(Path("."), Path("."), tp, settings)[4:],
+            "checkpoint": fingerprint_checkpoint(model_path), "zaya1": __version__, "sdk": neuron_sdk_versions()}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{Path(model_path).resolve().name}-tp{tp}-{digest}"
+
+
+def diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a.double() - b.double()).abs().max().item()
+
+
+def right_padded(prompts: list[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(p) for p in prompts])
+    ids = torch.full((len(prompts), int(lengths.max())), pad, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, :len(p)] = p
+    return ids, lengths
+
+
+def teacher_forced(model, prompts: list[torch.Tensor], continuation: torch.Tensor,
+                   seq_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Step API, independent of generate: one right-padded context encoding of the ragged ``prompts`` into
+    cache rows ``seq_ids``, then token generation of ``continuation`` [B, n] with every row at its own
+    position. kv_len is left to the backend (on Neuron: the mask covers exactly the positions so far, so NxDI
+    picks the first token-generation bucket that fits). -> logits [B, n + 1, V]."""
+    ids, lengths = right_padded(prompts)
+    seq_ids = torch.arange(len(prompts)) if seq_ids is None else seq_ids
+    state = model.new_state(int(seq_ids.max()) + 1, int(lengths.max()) + continuation.shape[1] + 1)
+    out = [model.prefill(ids, lengths, seq_ids, state)]
+    for k in range(continuation.shape[1]):
+        out.append(model.decode(continuation[:, k:k + 1], lengths + k, seq_ids, state))
+    return torch.stack(out, dim=1)
+
+
+def greedy_continuation(model, prompt: torch.Tensor, n: int) -> torch.Tensor:
+    """The CPU reference's n greedy tokens after ``prompt`` [S] -> [n]."""
+    return model.generate(prompt[None], max_new_tokens=n, eos_token_id=[])[0, len(prompt):]
+
+
+def random_prompt(length: int, vocab: int, seed: int) -> torch.Tensor:
+    """Token ids 3..vocab-1 (the golden models' pad / eos / bos are 0 / 1 / 2)."""
+    return torch.randint(3, vocab, (length,), generator=torch.Generator().manual_seed(seed))
+
+
+class BucketRecorder:
+    """Records the bucket NxDI's model wrappers pick (``ModelWrapper.get_target_bucket``) for every context
+    encoding and token generation call of ``model``; ``stop()`` restores the wrappers."""
+
+    def __init__(self, model):
+        self.wrappers = {"context": model.context_encoding_model, "token": model.token_generation_model}
+        self.picked: dict[str, list[int]] = {"context": [], "token": []}
+        for kind, wrapper in self.wrappers.items():
+            original = wrapper.get_target_bucket
+
+            def record(*args, _original=original, _kind=kind, **kwargs):
+                bucket = _original(*args, **kwargs)
+                self.picked[_kind].append(bucket)
+                return bucket
+
+            wrapper.get_target_bucket = record
+
+    def compiled(self, kind: str) -> list[int]:
+        return list(self.wrappers[kind].neuron_config.buckets)
+
+    def stop(self) -> None:
+        for wrapper in self.wrappers.values():
+            del wrapper.get_target_bucket  # the instance attribute; the class method shows again
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
