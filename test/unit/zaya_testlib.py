@@ -186,6 +186,7 @@ def save_tokenizer(directory: Path):
     Returns the transformers tokenizer; its vocabulary (~320 ids) fits a model with vocab_size=320."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
+    transformers = upstream()
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["▁"]
     pieces = ([(s, 0.0) for s in SPECIALS] + [(f"<0x{b:02X}>", -20.0) for b in range(256)]
               + [(w, -2.0) for w in WORDS] + [(c, -8.0) for c in letters])
