@@ -3,12 +3,12 @@
 
     python scripts/convert.py --model-path /ckpt/ZAYA1-base --output /ckpt/zaya1-tp4 --tp-degree 4
 
-writes, with the sharding plan of zaya1.parallel (the one the Neuron backend and SimulatedTP use):
+writes, with the sharding plan of zaya1.sharding (the one the Neuron backend and SimulatedTP use):
   --format ranks   (default) tp{rank}_sharded_checkpoint.safetensors, one file per rank (canonical names)
   --format neuron  neuron_state_dict.safetensors: every sharded tensor concatenated over ranks along its
                    partition dim, as NxD's sharding expects
 Each file is written to a temporary name and renamed into place, so an interrupted conversion leaves no
-file that looks complete. The ranks format loads back with zaya1.parallel.SimulatedTP.from_state_dicts.
+file that looks complete. The ranks format loads back with zaya1.simulated_tp.SimulatedTP.from_state_dicts.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from zaya1 import ZayaForCausalLM
 from zaya1.artifacts import save_state_dict_atomic
 from zaya1.cli import run_reporting_errors
-from zaya1.parallel import neuron_state_dict, rank_state_dicts
+from zaya1.sharding import neuron_state_dict, rank_state_dicts
 
 
 def main(argv=None) -> int:

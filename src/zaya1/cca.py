@@ -13,7 +13,7 @@ The only history a token needs besides K/V is the last ``conv_state_len`` packed
 the previous token's value projection (value state); both are inputs and outputs of ``CCAttention.forward``
 so that the same code serves a full-sequence forward, right-padded prefill and one-token decode.
 
-Tensor parallel: a module is built for one rank's heads (see ``parallel.AttentionShard``). The packed conv
+Tensor parallel: a module is built for one rank's heads (see ``sharding.AttentionShard``). The packed conv
 channels are the rank's q heads followed by its KV heads, and every conv group is one head, so the conv
 never crosses ranks. Which value channels are delayed is a per-rank tensor (``value_delayed``) instead of a
 rank-dependent Python branch, so one traced graph serves every rank.

@@ -58,10 +58,10 @@ def load_for_generation(args):
         model = NeuronZayaForCausalLM.from_compiled(args.compiled, model_path=args.model)
         path, label = model.model_path, f"neuron ({args.compiled})"
     else:
-        from .model import ZayaForCausalLM
+        from . import simulated_tp
 
-        model = ZayaForCausalLM.from_pretrained(args.model, dtype=args.dtype, device=args.device,
-                                               tp_degree=args.tp_degree)
+        model = simulated_tp.from_pretrained(args.model, dtype=args.dtype, device=args.device,
+                                             tp_degree=args.tp_degree)
         path, label = args.model, args.model
     try:
         return model, Tokenizer.from_pretrained(path), label

@@ -11,10 +11,10 @@ Router (architecture doc section 3.4), per token u [H] and previous MoE layer's 
 Expert dispatch, all with static shapes and exact (no token dropping):
 
 * ``gather``    (decode): every token gathers its own expert's weights, so a step reads only the selected
-                experts. T tokens read T experts, so it is for small T. With bf16 weights on a CPU without
-                native bf16 (kernels.py) nothing is copied: eager code multiplies each token by views of its
-                expert's weights, and under torch.compile the gather becomes indexed loads of one fused
-                multiply-and-sum kernel per product.
+                experts. T tokens read T experts, so it is for small T. Eager on CPU nothing is copied: it
+                runs ``grouped`` (views of each chosen expert's weights, each read once); with bf16 weights
+                on a CPU without native bf16 (kernels.py) under torch.compile the gather becomes indexed
+                loads of one fused multiply-and-sum kernel per product.
 * ``blockwise`` (prefill): tokens are laid out by expert (in token order, no sort: a token's row is
                 its expert's first row + the number of earlier tokens of that expert) in blocks of
                 ``block_size`` rows that each belong to one expert, every expert's group padded to whole
@@ -98,15 +98,11 @@ class ZayaExperts(nn.Module):
 
     def gather(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """x [T, H], expert [T] in [0, E), weight [T] -> [T, H]; reads T expert weight sets."""
-        if use_cpu_bf16_kernels(x, self.gate_up_proj):
-            if torch.compiler.is_compiling():  # one fused kernel per product; the gather becomes indexed loads
-                h = (self.gate_up_proj[expert].float() * widen(x)[:, None]).sum(-1).to(x.dtype)  # [T, 2I]
-                out = (self.down_proj[expert].float() * widen(self._swiglu(h))[:, None]).sum(-1).to(x.dtype)
-            else:  # eager: each token multiplies by views of its expert's weights (no copies of them)
-                out = torch.empty_like(x)
-                for t, e in enumerate(expert.tolist()):
-                    h = self._swiglu(linear(x[t:t + 1], self.gate_up_proj[e]))  # [1, 2I] -> [1, I]
-                    out[t:t + 1] = linear(h, self.down_proj[e])
+        if x.device.type == "cpu" and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            return self.grouped(x, expert, weight)  # eager CPU: views of each chosen expert, read once
+        if use_cpu_bf16_kernels(x, self.gate_up_proj):  # compiled: one fused kernel per product
+            h = (self.gate_up_proj[expert].float() * widen(x)[:, None]).sum(-1).to(x.dtype)  # [T, 2I]
+            out = (self.down_proj[expert].float() * widen(self._swiglu(h))[:, None]).sum(-1).to(x.dtype)
             return out * weight[:, None]
         h = torch.bmm(x[:, None], self.gate_up_proj[expert].transpose(1, 2))  # [T, 1, 2I]
         out = torch.bmm(self._swiglu(h), self.down_proj[expert].transpose(1, 2))[:, 0]

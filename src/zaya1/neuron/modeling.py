@@ -43,7 +43,7 @@ from ..config import ZayaConfig
 from ..errors import ConfigError, InputError
 from ..generation import right_pad, split_prompts
 from ..model import ZayaForCausalLM, ZayaModel
-from ..parallel import check_tp, neuron_state_dict, partition_dim
+from ..sharding import check_tp, neuron_state_dict, partition_dim
 
 
 # ---------------------------------------------------------------------------------------------- configs
