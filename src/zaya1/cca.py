@@ -22,10 +22,11 @@ rank-dependent Python branch, so one traced graph serves every rank.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import SLIDING, ZayaConfig
-from .kernels import Linear
+from .kernels import Linear, fp32_internals
 
 
 class ManualConv1d(nn.Module):
@@ -91,6 +92,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.
     Query head h reads KV head h // (nq / nkv). Softmax in fp32, like the eager reference."""
     batch, seq, nq, dim = q.shape
     nkv = k.shape[1]
+    if fp32_internals(q):  # fused, fp32 scores and accumulation inside (as transformers' default sdpa)
+        # a query with no allowed key (a left pad) attends to all keys, as the eager path's finite fill does
+        allowed = allowed | ~allowed.any(-1, keepdim=True)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=allowed[:, None],
+                                             enable_gqa=nq != nkv)  # [B, nq, S, d]
+        return out.transpose(1, 2).reshape(batch, seq, nq * dim)
     q = q.view(batch, seq, nkv, nq // nkv, dim).permute(0, 2, 3, 1, 4)  # [B, nkv, G, S, d]
     k, v = k[:, :, None], v[:, :, None]  # [B, nkv, 1, T, d]
     scores = torch.matmul(q, k.transpose(-1, -2)) * dim ** -0.5  # [B, nkv, G, S, T]

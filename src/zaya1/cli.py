@@ -34,8 +34,9 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16 | float16 (cpu/cuda backends)")
     p.add_argument("--device", default="cpu", help="torch device for the cpu/cuda backend, e.g. cuda")
     p.add_argument("--tp-degree", type=int, default=1, help="cpu: run the tensor-parallel shards simulated")
-    p.add_argument("--fast-kernels", action="store_true",
-                   help="cpu bf16: faster matrix products (fp32 accumulation in another order than F.linear)")
+    p.add_argument("--exact-kernels", action="store_true",
+                   help="cpu bf16: F.linear and transformers' eager numerics everywhere (bit-identical to it) "
+                        "instead of the fast path this CPU's features select")
     p.add_argument("--backend", choices=("torch", "neuron"), default="torch")
     p.add_argument("--compiled", help="neuron backend: directory written by scripts/compile.py")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming")
@@ -72,10 +73,10 @@ def load_for_generation(args):
 
 
 def run_generate(args) -> int:
-    if args.fast_kernels:
-        from .kernels import use_fast_bf16
+    if args.exact_kernels:
+        from .kernels import use_exact_kernels
 
-        use_fast_bf16()
+        use_exact_kernels()
     model, tokenizer, label = load_for_generation(args)
     if args.prompt_ids:
         rows = [[int(t) for t in args.prompt_ids.split(",")]]

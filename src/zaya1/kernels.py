@@ -101,6 +101,13 @@ def kernel_mode() -> str:
     return "native (F.linear on the CPU's bf16 units)"
 
 
+def fp32_internals(x: torch.Tensor) -> bool:
+    """True where a half-precision model computes its small, decision-making parts in fp32: the router MLP
+    (so that bf16 rounding flips fewer expert choices) and the attention scores (fused SDPA, fp32 inside).
+    Off under ``use_exact_kernels()`` (op-for-op transformers' eager numerics) and while tracing for Neuron."""
+    return not EXACT and x.dtype in (torch.bfloat16, torch.float16) and not torch.jit.is_tracing()
+
+
 def use_cpu_bf16_kernels(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (not EXACT and EMULATED_BF16 and weight.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
             and weight.device.type == "cpu" and not torch.jit.is_tracing())
