@@ -153,7 +153,7 @@ def _bench_backend(args, backend, path, cfg, dtype, prompt_lens, batches) -> Tab
     bw = Bandwidth(args.bandwidth_mb << 20, device=device).measure()
     gflops = measure_matmul_peak(device=device, dtypes=tuple({torch.float32, dtype}))
     print(f"[{backend}] memory bandwidth ({args.bandwidth_mb} MB tensor): copy {bw.copy_gbs:.1f} GB/s (read + write, "
-          f"median of 5), read {bw.read_gbs:.1f} GB/s (best of 5; sampled again between the runs); fp32 GEMM "
+          f"median of 5), read {bw.read_gbs:.1f} GB/s (best of 5; sampled again between the runs); GEMM peak "
           f"(2048^3, fp32 or {args.dtype}, the faster) {gflops:.0f} GFLOP/s")
 
     runners: dict[str, Runner] = {}
