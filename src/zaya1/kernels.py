@@ -104,8 +104,10 @@ def kernel_mode() -> str:
 def fp32_internals(x: torch.Tensor) -> bool:
     """True where a half-precision model computes its small, decision-making parts in fp32: the router MLP
     (so that bf16 rounding flips fewer expert choices) and the attention scores (fused SDPA, fp32 inside).
-    Off under ``use_exact_kernels()`` (op-for-op transformers' eager numerics) and while tracing for Neuron."""
-    return not EXACT and x.dtype in (torch.bfloat16, torch.float16) and not torch.jit.is_tracing()
+    Off under ``use_exact_kernels()`` (op-for-op transformers' eager numerics), off Neuron (XLA devices,
+    tracing) so that the traced graphs are unchanged."""
+    return (not EXACT and x.dtype in (torch.bfloat16, torch.float16) and x.device.type in ("cpu", "cuda")
+            and not torch.jit.is_tracing())
 
 
 def use_cpu_bf16_kernels(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -169,7 +171,8 @@ def fp32_matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     block = max(1, BLOCK_ELEMENTS // k)
     space = getattr(_workspace, "buffer", None)
     if space is None or space.numel() < min(n, block) * k:
-        space = _workspace.buffer = torch.empty(min(n, block) * k, dtype=torch.float32)
+        with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
+            space = _workspace.buffer = torch.empty(min(n, block) * k, dtype=torch.float32)
     cols = rows.to(torch.float32).t()  # [K, M]
     out = torch.empty(n, rows.shape[0], dtype=torch.float32)
     for start in range(0, n, block):

@@ -68,6 +68,14 @@ def test_bf16_linear_matches_f_linear(emulated, rows):
     assert (ours.double() - ref.double()).abs().max() <= 2 ** -7 * scale
 
 
+def test_workspace_made_in_inference_mode_serves_later_calls(emulated, monkeypatch):
+    monkeypatch.setattr(kernels._workspace, "buffer", None, raising=False)
+    weight, x = torch.randn(300, 64).bfloat16(), torch.randn(kernels.FP32_MIN_ROWS, 64).bfloat16()
+    with torch.inference_mode():
+        first = kernels.linear(x, weight)
+    assert torch.equal(kernels.linear(x, weight), first)  # outside inference mode, same workspace
+
+
 def test_fp32_block_path_splits_large_weights(emulated, monkeypatch):
     monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", 256 * 100)  # 100-row blocks
     weight = torch.randn(1234, 256).to(torch.bfloat16)
