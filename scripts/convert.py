@@ -3,12 +3,12 @@
 
     python scripts/convert.py --model-path /ckpt/ZAYA1-base --output /ckpt/zaya1-tp4 --tp-degree 4
 
-writes, with the sharding plan of zaya1.parallel (the one the Neuron backend and SimulatedTP use):
+writes, with the sharding plan of zaya1.sharding (the one the Neuron backend and SimulatedTP use):
   --format ranks   (default) tp{rank}_sharded_checkpoint.safetensors, one file per rank (canonical names)
   --format neuron  neuron_state_dict.safetensors: every sharded tensor concatenated over ranks along its
                    partition dim, as NxD's sharding expects
 Each file is written to a temporary name and renamed into place, so an interrupted conversion leaves no
-file that looks complete. The ranks format loads back with zaya1.parallel.SimulatedTP.from_state_dicts.
+file that looks complete. The ranks format loads back with zaya1.simulated_tp.SimulatedTP.from_state_dicts.
 Memory streams like the loader: one model plus one rank's shards (ranks), or plus about one tensor (neuron:
 each canonical tensor is freed once its concatenated form exists; safetensors writes without copying).
 """
@@ -23,7 +23,7 @@ import torch
 from zaya1 import ZayaForCausalLM
 from zaya1.artifacts import save_state_dict_atomic
 from zaya1.errors import run_reporting_errors
-from zaya1.parallel import check_tp, partition_dim, rank_extras, shard_tensor
+from zaya1.sharding import check_tp, partition_dim, rank_extras, shard_tensor
 
 
 def main(argv=None) -> int:
@@ -58,7 +58,7 @@ def convert(args) -> int:
 
 
 def neuron_tensors(model, state: dict, tp: int) -> dict:
-    """zaya1.parallel.neuron_state_dict's tensors (rank slices concatenated along each partition dim),
+    """zaya1.sharding.neuron_state_dict's tensors (rank slices concatenated along each partition dim),
     freeing each of the model's tensors as soon as its concatenated copy exists."""
     config, params = model.config, dict(model.named_parameters()) | dict(model.named_buffers())
     extras = [rank_extras(state, config, tp, rank) for rank in range(tp)]  # read q_proj before it is freed

@@ -4,8 +4,7 @@ from .config import ZayaConfig
 from .errors import (ArtifactError, CheckpointError, CheckpointNotFoundError, ConfigError, InputError,
                      NeuronUnavailableError, ZayaError)
 from .model import ZayaForCausalLM, ZayaState
-
-__version__ = "0.1.0"
+from .version import __version__
 
 _NEURON_NAMES = ("NeuronZayaForCausalLM", "ZayaInferenceConfig", "ZayaNeuronConfig")
 

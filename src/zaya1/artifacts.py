@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import ArtifactError, CheckpointError, CheckpointNotFoundError, ConfigError, InputError
+from .version import __version__
 
 try:
     import fcntl
@@ -56,12 +57,6 @@ _FLAGS = {"tp_degree": "--tp-degree", "batch_size": "--batch-size", "seq_len": "
           "token_generation_buckets": "--token-generation-buckets", "dtype": "--dtype",
           "on_device_sampling": "--on-device-sampling"}
 _SETTINGS = tuple(_FLAGS)  # fields a caller can match instead of recompiling
-
-
-def _zaya1_version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def neuron_sdk_versions() -> dict[str, str]:
@@ -102,7 +97,7 @@ class ArtifactManifest:
     buckets: list[int]  # context-encoding buckets; empty means [max_context_length]
     dtype: str
     checkpoint_fingerprint: str  # fingerprint_checkpoint() of the checkpoint the weights came from
-    zaya1_version: str = field(default_factory=_zaya1_version)
+    zaya1_version: str = __version__
     neuron_versions: dict[str, str] = field(default_factory=dict)  # empty off-Neuron
     on_device_sampling: bool = False
     token_generation_buckets: list[int] = field(default_factory=list)  # KV-length buckets; empty = [seq_len]

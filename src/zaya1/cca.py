@@ -13,7 +13,7 @@ The only history a token needs besides K/V is the last ``conv_state_len`` packed
 the previous token's value projection (value state); both are inputs and outputs of ``CCAttention.forward``
 so that the same code serves a full-sequence forward, right-padded prefill and one-token decode.
 
-Tensor parallel: a module is built for one rank's heads (see ``parallel.AttentionShard``). The packed conv
+Tensor parallel: a module is built for one rank's heads (see ``sharding.AttentionShard``). The packed conv
 channels are the rank's q heads followed by its KV heads, and every conv group is one head, so the conv
 never crosses ranks. Which value channels are delayed is a per-rank tensor (``value_delayed``) instead of a
 rank-dependent Python branch, so one traced graph serves every rank.
@@ -22,10 +22,11 @@ rank-dependent Python branch, so one traced graph serves every rank.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import SLIDING, ZayaConfig
-from .kernels import Linear
+from .kernels import Linear, fp32_internals
 
 
 class ManualConv1d(nn.Module):
@@ -96,6 +97,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.
     decode concatenates instead (``concat_cache``), bitwise with transformers in bf16."""
     batch, seq, nq, dim = q.shape
     nkv = k.shape[1]
+    if fp32_internals(q):  # fused, fp32 scores and accumulation inside (as transformers' default sdpa)
+        if past is not None:
+            k, v, allowed = concat_cache(k, v, allowed, past)
+        # a query with no allowed key (a left pad) attends to all keys, as the eager path's finite fill does
+        allowed = allowed | ~allowed.any(-1, keepdim=True)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=allowed[:, None],
+                                             enable_gqa=nq != nkv)  # [B, nq, S, d]
+        return out.transpose(1, 2).reshape(batch, seq, nq * dim)
     q = q.view(batch, seq, nkv, nq // nkv, dim).permute(0, 2, 3, 1, 4)  # [B, nkv, G, S, d]
 
     def scores(keys, mask):  # keys [B, nkv, T, d], mask [B, S, T] -> [B, nkv, G, S, T]

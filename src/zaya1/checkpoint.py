@@ -300,8 +300,7 @@ def load_into(model: torch.nn.Module, cfg: ZayaConfig, path: str | Path, check_f
         params[key].data.copy_(tensor)
 
 
-def load_model(cls, path, dtype=torch.float32, device="cpu", tp_degree: int = 1, check_finite: bool = False,
-               **config_overrides):
+def load_model(cls, path, dtype=torch.float32, device="cpu", check_finite: bool = False, **config_overrides):
     """Build ``cls`` (ZayaForCausalLM) from a checkpoint directory: weights allocated once, in ``dtype``, on
     ``device``, then filled tensor by tensor (peak memory ~ one model + the largest tensor)."""
     path = Path(path)
@@ -315,9 +314,5 @@ def load_model(cls, path, dtype=torch.float32, device="cpu", tp_degree: int = 1,
     model = cls.empty(cfg, dtype=resolve_dtype(dtype, cfg), device=device)
     load_into(model, cfg, path, check_finite=check_finite)
     model.eval()
-    if tp_degree > 1:
-        from .parallel import SimulatedTP
-
-        model = SimulatedTP.from_model(model, tp_degree)
     model.generation_config = GenerationDefaults.from_pretrained(path)
     return model

@@ -52,8 +52,9 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16 | float16 | auto (cpu/cuda backends)")
     p.add_argument("--device", default="cpu", help="torch device for the cpu/cuda backend, e.g. cuda")
     p.add_argument("--tp-degree", type=int, default=1, help="cpu: run the tensor-parallel shards simulated")
-    p.add_argument("--fast-kernels", action="store_true",
-                   help="cpu bf16: faster matrix products (fp32 accumulation in another order than F.linear)")
+    p.add_argument("--exact-kernels", action="store_true",
+                   help="cpu bf16: F.linear and transformers' eager numerics everywhere (bit-identical to it) "
+                        "instead of the fast path this CPU's features select")
     p.add_argument("--backend", choices=("torch", "neuron"), default="torch")
     p.add_argument("--compiled", help="neuron backend: directory written by zaya1 compile")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming")
@@ -74,10 +75,10 @@ def load_for_generation(args):
         model = NeuronZayaForCausalLM.from_compiled(args.compiled, model_path=args.model)
         path, label = model.model_path, f"neuron ({args.compiled})"
     else:
-        from .model import ZayaForCausalLM
+        from . import simulated_tp
 
-        model = ZayaForCausalLM.from_pretrained(args.model, dtype=args.dtype, device=args.device,
-                                               tp_degree=args.tp_degree)
+        model = simulated_tp.from_pretrained(args.model, dtype=args.dtype, device=args.device,
+                                             tp_degree=args.tp_degree)
         path, label = args.model, args.model
     try:
         return model, Tokenizer.from_pretrained(path), label, False
@@ -147,10 +148,10 @@ def summary(load_s: float, prompt_tokens: int, new_tokens: int, batch: int, time
 
 
 def run_generate(args) -> int:
-    if args.fast_kernels:
-        from .kernels import use_fast_bf16
+    if args.exact_kernels:
+        from .kernels import use_exact_kernels
 
-        use_fast_bf16()
+        use_exact_kernels()
     start = time.perf_counter()
     model, tokenizer, label, demo = load_for_generation(args)
     load_s = time.perf_counter() - start

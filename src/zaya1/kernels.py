@@ -1,9 +1,14 @@
-"""bf16 matrix products for x86 CPUs without native bf16 arithmetic (no AVX512_BF16 / AMX), where
-``F.linear`` on bf16 runs oneDNN's emulated kernel: ~25 GFLOP/s at prefill sizes and, at decode sizes, a
-fraction of the memory bandwidth (a 4-row product over the 1 GB lm_head streams ~3 GB/s).
+"""bf16 matrix products on x86 CPUs, chosen by what the CPU has; no flag needed.
+
+* CPUs with native bf16 (AVX512_BF16 or AMX, e.g. Sapphire Rapids, Zen 4): ``F.linear``. oneDNN's bf16
+  GEMMs run on the bf16 units there and are both the fastest product and bit-identical to transformers.
+* CPUs without them (AVX2-only, e.g. Zen 3; AVX-512 without bf16, e.g. Skylake-SP): ``F.linear`` on bf16 runs
+  oneDNN's emulated kernel, ~25 GFLOP/s at prefill sizes and, at decode sizes, a fraction of the memory
+  bandwidth (a 4-row product over the 1 GB lm_head streams ~3 GB/s). There the fast kernels below are the
+  default.
 
 ``linear(x, weight)`` keeps F.linear's semantics (bf16 inputs, fp32 accumulation, one rounding of the
-result to bf16) and picks the product by the number of rows M of ``x`` (``matmul``):
+result to bf16) and, with the fast kernels, picks the product by the number of rows M of ``x`` (``matmul``):
 
 * M < ``FP32_MIN_ROWS`` (decode): one ``torch.mv`` per row, PyTorch's vectorised bf16 GEMV with fp32
   accumulation, which streams the weight at the memory bandwidth.
@@ -14,15 +19,22 @@ result to bf16) and picks the product by the number of rows M of ``x`` (``matmul
   each weight element once for all rows. M = 1 and larger M call ``matmul`` as the opaque custom op
   ``zaya1::cpu_bf16_matmul`` (inductor would otherwise lower mv to a slower reduction of its own).
 
-Only the accumulation order differs from F.linear, so results agree with it to about one bf16 rounding --
-enough to flip a near-tied route or greedy token now and then, so the kernels are opt-in
-(``use_fast_bf16()``; ``zaya1 bench`` and ``zaya1 generate --fast-kernels`` turn them on). Every other case (fp32 and fp16 weights, other devices, CPUs with native bf16, tracing for Neuron, a bias)
-is plain F.linear, so float32 results are bit-identical to the reference path.
+Only the accumulation order differs from F.linear: results agree with it to about one bf16 rounding, and
+with the float32 reference at least as closely as transformers' bf16 does (test/unit/test_accuracy.py).
+``use_exact_kernels()`` (or ``ZAYA1_EXACT_KERNELS=1``, ``--exact-kernels``) selects F.linear everywhere, the
+path that is bit-identical to transformers. Every other case (fp32 and fp16 weights, other devices,
+tracing for Neuron, a bias) is plain F.linear, so float32 results are bit-identical to the reference path.
+
+Detection (``cpu_features``): the /proc/cpuinfo flags, capped by oneDNN's ``ONEDNN_MAX_CPU_ISA`` when it is
+set (an ISA cap that makes oneDNN emulate bf16 also selects the fast kernels), and torch's
+``torch.backends.cpu.get_cpu_capability()`` for what its own vectorised kernels use.
 """
 
 from __future__ import annotations
 
+import os
 import platform
+import re
 import threading
 from pathlib import Path
 
@@ -34,31 +46,72 @@ FP32_MIN_ROWS = 6
 FUSED_MAX_ROWS = 16
 BLOCK_ELEMENTS = 1 << 20  # 4 MB of fp32 weight per sgemm block
 _workspace = threading.local()  # simulated tensor parallelism runs ranks in threads
+# oneDNN ISA caps below which its bf16 matmul is emulated (ONEDNN_MAX_CPU_ISA values, oneDNN's docs)
+_EMULATING_ISA_CAPS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
-def _emulated_bf16() -> bool:
-    """True on x86 CPUs whose bf16 matmuls are emulated (no avx512_bf16 / amx_bf16 flag)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
-    except (OSError, IndexError):
-        return False
-    return "avx512_bf16" not in flags and "amx_bf16" not in flags
+def cpu_features(cpuinfo: str | None = None, machine: str | None = None, env: dict | None = None) -> dict:
+    """What the CPU offers bf16 matmuls: ``model``, ``isa`` (the relevant /proc/cpuinfo flags), ``torch``
+    (torch's CPU capability), ``onednn_cap`` (ONEDNN_MAX_CPU_ISA or None) and ``native_bf16`` (oneDNN runs
+    bf16 GEMMs on bf16 units: AVX512_BF16 or AMX present and not capped away). Arguments override the
+    machine's values (tests)."""
+    env = os.environ if env is None else env
+    machine = (platform.machine() if machine is None else machine).lower()
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
+    flags = re.search(r"flags\s*:\s*(.+)", cpuinfo)
+    flags = set(flags.group(1).split()) if flags else set()
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    cap = env.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() or None
+    x86 = machine in ("x86_64", "amd64")
+    native = x86 and bool({"avx512_bf16", "amx_bf16"} & flags) and cap not in _EMULATING_ISA_CAPS
+    return {"model": model.group(1).strip() if model else platform.processor() or machine, "isa": isa,
+            "torch": torch.backends.cpu.get_cpu_capability(), "onednn_cap": cap, "x86": x86,
+            "native_bf16": native}
 
 
-EMULATED_BF16 = _emulated_bf16()  # read once: torch.compile traces the functions below
-FAST_BF16 = False  # off by default: bf16 results then equal F.linear's (and upstream transformers') bit for bit
+def _emulated_bf16(features: dict) -> bool:
+    """True on x86 CPUs whose bf16 matmuls oneDNN emulates (no usable avx512_bf16 / amx_bf16); False where
+    nothing is known (/proc/cpuinfo unreadable: F.linear, the safe choice)."""
+    return features["x86"] and bool(features["isa"]) and not features["native_bf16"]
 
 
-def use_fast_bf16(enabled: bool = True) -> None:
-    """Use the fast bf16 CPU kernels in this process (where the CPU emulates bf16), or F.linear again."""
-    global FAST_BF16
-    FAST_BF16 = enabled
+CPU = cpu_features()  # read once: torch.compile traces the functions below
+EMULATED_BF16 = _emulated_bf16(CPU)
+EXACT = os.environ.get("ZAYA1_EXACT_KERNELS", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def use_exact_kernels(enabled: bool = True) -> None:
+    """F.linear for every product in this process (bit-identical to transformers), or the CPU's fast path
+    again with ``enabled=False``."""
+    global EXACT
+    EXACT = enabled
+
+
+def kernel_mode() -> str:
+    """Which bf16 CPU products ``linear`` runs in this process: fast, native (F.linear on bf16 units) or exact."""
+    if EXACT:
+        return "exact (F.linear, bit-identical to transformers)"
+    if EMULATED_BF16:
+        return "fast (zaya1 kernels: torch.mv decode, fp32 sgemm prefill; this CPU emulates bf16 in oneDNN)"
+    return "native (F.linear on the CPU's bf16 units)"
+
+
+def fp32_internals(x: torch.Tensor) -> bool:
+    """True where a half-precision model computes its small, decision-making parts in fp32: the router MLP
+    (so that bf16 rounding flips fewer expert choices) and the attention scores (fused SDPA, fp32 inside).
+    Off under ``use_exact_kernels()`` (op-for-op transformers' eager numerics), off Neuron (XLA devices,
+    tracing) so that the traced graphs are unchanged."""
+    return (not EXACT and x.dtype in (torch.bfloat16, torch.float16) and x.device.type in ("cpu", "cuda")
+            and not torch.jit.is_tracing())
 
 
 def use_cpu_bf16_kernels(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (FAST_BF16 and EMULATED_BF16 and weight.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
+    return (not EXACT and EMULATED_BF16 and weight.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
             and weight.device.type == "cpu" and not torch.jit.is_tracing())
 
 
@@ -118,7 +171,8 @@ def fp32_matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     block = max(1, BLOCK_ELEMENTS // k)
     space = getattr(_workspace, "buffer", None)
     if space is None or space.numel() < min(n, block) * k:
-        space = _workspace.buffer = torch.empty(min(n, block) * k, dtype=torch.float32)
+        with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
+            space = _workspace.buffer = torch.empty(min(n, block) * k, dtype=torch.float32)
     cols = rows.to(torch.float32).t()  # [K, M]
     out = torch.empty(n, rows.shape[0], dtype=torch.float32)
     for start in range(0, n, block):

@@ -19,7 +19,7 @@ from .cca import CCAttention, gather_state, rope_cos_sin
 from .config import SLIDING, ZayaConfig
 from .kernels import Linear, linear
 from .moe import RMSNorm, ZayaMoE
-from .parallel import AttentionShard, LocalComm, padded_vocab
+from .sharding import AttentionShard, LocalComm, padded_vocab
 
 
 class ResidualScale(nn.Module):
@@ -227,17 +227,16 @@ class ZayaForCausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str = torch.float32, device="cpu",
-                        tp_degree: int = 1, check_finite: bool = False, torch_dtype=None, **config_overrides):
+                        check_finite: bool = False, torch_dtype=None, **config_overrides):
         """Load a checkpoint directory of either layout. ``dtype="auto"`` takes the dtype config.json declares
         (``torch_dtype`` is transformers 4's name for ``dtype``); the generation defaults of
-        generation_config.json become ``model.generation_config``. ``tp_degree > 1`` returns a ``SimulatedTP``
-        model that runs the per-rank shards of the Neuron sharding plan in one process."""
+        generation_config.json become ``model.generation_config``. As simulated tensor-parallel ranks:
+        ``zaya1.simulated_tp.from_pretrained(path, tp_degree)``."""
         from .checkpoint import load_model
 
         if torch_dtype is not None:
             dtype = torch_dtype
-        return load_model(cls, path, dtype=dtype, device=device, tp_degree=tp_degree,
-                          check_finite=check_finite, **config_overrides)
+        return load_model(cls, path, dtype=dtype, device=device, check_finite=check_finite, **config_overrides)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -11,10 +11,10 @@ Router (architecture doc section 3.4), per token u [H] and previous MoE layer's 
 Expert dispatch, all with static shapes and exact (no token dropping):
 
 * ``gather``    (decode): every token gathers its own expert's weights, so a step reads only the selected
-                experts. T tokens read T experts, so it is for small T. With bf16 weights on a CPU without
-                native bf16 (kernels.py) nothing is copied: eager code multiplies each token by views of its
-                expert's weights, and under torch.compile the gather becomes indexed loads of one fused
-                multiply-and-sum kernel per product.
+                experts. T tokens read T experts, so it is for small T. Eager on CPU nothing is copied: it
+                runs ``grouped`` (views of each chosen expert's weights, each read once); with bf16 weights
+                on a CPU without native bf16 (kernels.py) under torch.compile the gather becomes indexed
+                loads of one fused multiply-and-sum kernel per product.
 * ``blockwise`` (prefill): tokens are laid out by expert (in token order, no sort: a token's row is
                 its expert's first row + the number of earlier tokens of that expert) in blocks of
                 ``block_size`` rows that each belong to one expert, every expert's group padded to whole
@@ -39,7 +39,7 @@ from torch import nn
 
 from .config import ZayaConfig
 from .errors import ConfigError
-from .kernels import Linear, linear, use_cpu_bf16_kernels, widen
+from .kernels import Linear, fp32_internals, linear, use_cpu_bf16_kernels, widen
 
 # the activations of transformers' ACT2FN that are one torch function (the same computation)
 _ACTIVATIONS = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh,
@@ -94,7 +94,10 @@ class ZayaRouter(nn.Module):
         return self
 
     def forward(self, u: torch.Tensor, prev_state: torch.Tensor | None):
-        """u [..., H] -> expert index [...] (num_experts = skip), route weight [...], router state [..., R]."""
+        """u [..., H] -> expert index [...] (num_experts = skip), route weight [...], router state [..., R]
+        (fp32 when ``fp32_internals``: the MLP then runs in fp32 on fp32 copies of its small weights)."""
+        if fp32_internals(u):
+            return self._forward_fp32(u, prev_state)
         state = self.down_proj(u)
         if self.states_scale is not None and prev_state is not None:
             state = state + prev_state * self.states_scale.to(state.dtype)  # NxDI keeps "*scale" params fp32
@@ -102,6 +105,20 @@ class ZayaRouter(nn.Module):
         probs = torch.softmax(self.out_proj(F.gelu(self.fc2(h))), dim=-1)
         choice = torch.argmax(probs.to(torch.float32) + self.balancing_biases, dim=-1)  # lowest index on ties
         weight = probs.gather(-1, choice[..., None])[..., 0]
+        return choice, weight, state
+
+    def _forward_fp32(self, u: torch.Tensor, prev_state: torch.Tensor | None):
+        def lin(layer, x):
+            return F.linear(x, layer.weight.float(), None if layer.bias is None else layer.bias.float())
+
+        state = lin(self.down_proj, u.float())
+        if self.states_scale is not None and prev_state is not None:
+            state = state + prev_state.float() * self.states_scale.float()
+        norm = self.norm
+        normed = norm.weight.float() * (state * torch.rsqrt(state.pow(2).mean(-1, keepdim=True) + norm.eps))
+        probs = torch.softmax(lin(self.out_proj, F.gelu(lin(self.fc2, F.gelu(lin(self.fc1, normed))))), dim=-1)
+        choice = torch.argmax(probs + self.balancing_biases, dim=-1)
+        weight = probs.gather(-1, choice[..., None])[..., 0].to(u.dtype)
         return choice, weight, state
 
 
@@ -157,15 +174,11 @@ class ZayaExperts(nn.Module):
 
     def gather(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """x [T, H], expert [T] in [0, E), weight [T] -> [T, H]; reads T expert weight sets."""
-        if use_cpu_bf16_kernels(x, self.gate_up_proj):
-            if torch.compiler.is_compiling():  # one fused kernel per product; the gather becomes indexed loads
-                h = (self.gate_up_proj[expert].float() * widen(x)[:, None]).sum(-1).to(x.dtype)  # [T, 2I]
-                out = (self.down_proj[expert].float() * widen(self._swiglu(h))[:, None]).sum(-1).to(x.dtype)
-            else:  # eager: each token multiplies by views of its expert's weights (no copies of them)
-                out = torch.empty_like(x)
-                for t, e in enumerate(expert.tolist()):
-                    h = self._swiglu(linear(x[t:t + 1], self.gate_up_proj[e]))  # [1, 2I] -> [1, I]
-                    out[t:t + 1] = linear(h, self.down_proj[e])
+        if x.device.type == "cpu" and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            return self.grouped(x, expert, weight)  # eager CPU: views of each chosen expert, read once
+        if use_cpu_bf16_kernels(x, self.gate_up_proj):  # compiled: one fused kernel per product
+            h = (self.gate_up_proj[expert].float() * widen(x)[:, None]).sum(-1).to(x.dtype)  # [T, 2I]
+            out = (self.down_proj[expert].float() * widen(self._swiglu(h))[:, None]).sum(-1).to(x.dtype)
             return out * weight[:, None]
         h = torch.bmm(x[:, None], self.gate_up_proj[expert].transpose(1, 2))  # [T, 1, 2I]
         out = torch.bmm(self._swiglu(h), self.down_proj[expert].transpose(1, 2))[:, 0]

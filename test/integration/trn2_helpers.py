@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from zaya1 import ZayaConfig, __version__
 from zaya1.artifacts import fingerprint_checkpoint, neuron_sdk_versions
 from zaya1.errors import ConfigError
-from zaya1.parallel import check_tp
+from zaya1.sharding import check_tp
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "test" / "data" / "golden"

@@ -129,13 +129,13 @@ def test_check_accuracy_script_end_to_end(tmp_path):
 @pytest.mark.parametrize("tp", [1, 2])
 def test_presharded_weights_are_the_plans_rank_shards(tp, tmp_path):
     """What compile() saves (NxDI's shard_weights -> NxD's ModelBuilder.shard_checkpoint -> safetensors): one file
-    per rank whose tensors are exactly zaya1's per-rank shards (zaya1.parallel, the plan SimulatedTP proves).
+    per rank whose tensors are exactly zaya1's per-rank shards (zaya1.sharding, the plan SimulatedTP proves).
     At tp 1 the tied lm_head must not share memory with the embedding (safetensors refuses shared tensors)."""
     from safetensors.torch import load_file
 
     from zaya1 import ZayaForCausalLM
     from zaya1.neuron import NeuronZayaForCausalLM, ZayaInferenceConfig, ZayaNeuronConfig
-    from zaya1.parallel import rank_state_dicts
+    from zaya1.sharding import rank_state_dicts
 
     path = cases.golden_dir("gqa", "original")
     nc = ZayaNeuronConfig(tp_degree=tp, batch_size=2, seq_len=64, max_context_length=32, torch_dtype=torch.float32,

@@ -21,6 +21,11 @@ from zaya_testlib import build_hf_checkpoint, hf_config, load_hf, prefer_words_,
 _REPORT: list[tuple[str, float]] = []
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: real-width model tests (minutes on 2 cores); CI runs them, "
+                                       "-m 'not slow' skips them locally")
+
+
 @pytest.fixture
 def inference():
     """Seeded, without autograd: modules opt in with ``pytestmark = pytest.mark.usefixtures("inference")``."""

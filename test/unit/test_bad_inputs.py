@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import zaya1
-from zaya1 import ZayaConfig, ZayaForCausalLM
+from zaya1 import ZayaConfig, ZayaForCausalLM, simulated_tp
 from zaya1.artifacts import (MANIFEST_NAME, ArtifactManifest, atomic_output_dir, check_manifest, check_request,
                              compile_lock, fingerprint_checkpoint, is_complete, load_manifest,
                              save_state_dict_atomic)
@@ -256,7 +256,7 @@ def _(c):
 @case("tp_degree_not_divisor", ConfigError, "tp_degree=3", "query heads",
       what="tp_degree that does not divide the heads")
 def _(c):
-    load(c.checkpoint(), tp_degree=3)
+    simulated_tp.from_pretrained(c.checkpoint(), tp_degree=3)
 
 
 # ---------------------------------------------------------------------------------------------- weight files

@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from zaya1 import ZayaForCausalLM, kernels
-from zaya1.bench import decode_bytes, main, synthetic_hf_config
+from zaya1.bench import main
+from zaya1.bench.measure import decode_bytes
+from zaya1.bench.synthetic import synthetic_hf_config
 from zaya1.config import ZayaConfig
 from zaya_testlib import upstream
 
@@ -17,8 +19,40 @@ TINY_HF = ROOT / "test" / "data" / "golden" / "zaya1-original-tiny" / "hf-layout
 
 @pytest.fixture
 def emulated(monkeypatch):
+    """The default path of a CPU without native bf16 (AVX2-only or AVX-512 without bf16), on any CPU."""
     monkeypatch.setattr(kernels, "EMULATED_BF16", True)
-    monkeypatch.setattr(kernels, "FAST_BF16", True)
+    monkeypatch.setattr(kernels, "EXACT", False)
+
+
+CPUINFO = "model name\t: {model}\nflags\t\t: fpu sse2 avx {flags}\n"
+
+
+@pytest.mark.parametrize("model,flags,env,native", [
+    ("AMD EPYC 7R13 (Zen 3)", "avx2 fma", {}, False),
+    ("Intel Xeon Platinum 8175M (Skylake-SP)", "avx2 avx512f avx512bw", {}, False),
+    ("Intel Xeon Platinum 8488C (Sapphire Rapids)", "avx2 avx512f avx512_bf16 amx_bf16 amx_tile", {}, True),
+    ("AMD EPYC 9R14 (Zen 4)", "avx2 avx512f avx512_bf16", {}, True),
+    ("Sapphire Rapids capped by oneDNN", "avx2 avx512f avx512_bf16 amx_bf16", {"ONEDNN_MAX_CPU_ISA": "AVX2"}, False),
+    ("Sapphire Rapids capped at AVX512_CORE_AMX", "avx2 avx512f avx512_bf16 amx_bf16",
+     {"ONEDNN_MAX_CPU_ISA": "avx512_core_amx"}, True),
+])
+def test_cpu_features_choose_the_kernels(model, flags, env, native):
+    features = kernels.cpu_features(CPUINFO.format(model=model, flags=flags), "x86_64", env)
+    assert features["model"] == model and features["native_bf16"] == native
+    assert kernels._emulated_bf16(features) == (not native)
+    assert not kernels._emulated_bf16(kernels.cpu_features(CPUINFO.format(model=model, flags=flags), "aarch64", env))
+    assert not kernels._emulated_bf16(kernels.cpu_features("", "x86_64", env))  # unknown CPU: F.linear
+
+
+def test_exact_switch_selects_f_linear(emulated):
+    weight, x = torch.randn(300, 64).bfloat16(), torch.randn(3, 64).bfloat16()
+    assert kernels.use_cpu_bf16_kernels(x, weight)
+    kernels.use_exact_kernels()
+    try:
+        assert not kernels.use_cpu_bf16_kernels(x, weight) and "exact" in kernels.kernel_mode()
+        assert torch.equal(kernels.linear(x, weight), F.linear(x, weight))
+    finally:
+        kernels.use_exact_kernels(False)
 
 
 @pytest.mark.parametrize("rows", [1, 3, kernels.FP32_MIN_ROWS, 40])
@@ -33,6 +67,14 @@ def test_bf16_linear_matches_f_linear(emulated, rows):
     scale = exact.abs().max()
     assert (ours.double() - exact).abs().max() <= 2 ** -7 * scale
     assert (ours.double() - ref.double()).abs().max() <= 2 ** -7 * scale
+
+
+def test_workspace_made_in_inference_mode_serves_later_calls(emulated, monkeypatch):
+    monkeypatch.setattr(kernels._workspace, "buffer", None, raising=False)
+    weight, x = torch.randn(300, 64).bfloat16(), torch.randn(kernels.FP32_MIN_ROWS, 64).bfloat16()
+    with torch.inference_mode():
+        first = kernels.linear(x, weight)
+    assert torch.equal(kernels.linear(x, weight), first)  # outside inference mode, same workspace
 
 
 def test_fp32_block_path_splits_large_weights(emulated, monkeypatch):
@@ -83,7 +125,11 @@ def test_bench_end_to_end_on_a_tiny_checkpoint(tmp_path, capsys):
                  "--repeats", "1", "--compile", "off", "--bandwidth-mb", "16", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "neuron: skipped" in text and "zaya1/hf" in text
+    assert f"CPU features {'/'.join(kernels.CPU['isa']) or '-'}, torch capability {kernels.CPU['torch']}" in text
     records = json.loads(out.read_text())
+    fractions = [r[side] for r in records if "roofline" in r["metric"] for side in ("zaya1", "hf")]
+    assert fractions and all(0 < f <= 1 for f in fractions)
+    assert {r["metric"] for r in records} >= {"bandwidth_read_spread", "contended", "load_average_before"}
     assert {"metric", "batch", "prompt_len", "zaya1", "hf", "ratio", "unit"} <= set(records[0])
     decode = {r["batch"]: r for r in records if r["metric"] == "decode"}
     assert set(decode) == {1, 2} and all(r["zaya1"] > 0 and r["hf"] > 0 for r in decode.values())

@@ -9,7 +9,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from zaya1 import ZayaConfig, ZayaForCausalLM
-from zaya1.parallel import SimulatedTP, rank_state_dicts, split_neuron_state_dict
+from zaya1.sharding import rank_state_dicts, split_neuron_state_dict
+from zaya1.simulated_tp import SimulatedTP
 
 ROOT = Path(__file__).parents[2]
 GOLDEN = ROOT / "test" / "data" / "golden" / "zaya1-original-gqa"

@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from zaya1 import ZayaForCausalLM
 from zaya1.config import ZayaConfig
 from zaya1.demo import init_random_
-from zaya1.parallel import rank_state_dicts
+from zaya1.sharding import rank_state_dicts
 
 CONFIG = ZayaConfig(vocab_size=2048, hidden_size=256, num_hidden_layers=2, num_attention_heads=8,
                     num_key_value_heads=2, head_dim=32, num_experts=16, moe_intermediate_size=128,

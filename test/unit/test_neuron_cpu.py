@@ -11,7 +11,7 @@ import zaya1
 from zaya1 import NeuronUnavailableError
 from zaya1.config import ZayaConfig
 from zaya1.neuron import missing_sdk_packages, sdk_available
-from zaya1.parallel import describe_plan
+from zaya1.simulated_tp import describe_plan
 
 ROOT = Path(__file__).parents[2]
 GOLDEN = ROOT / "test" / "data" / "golden" / "zaya1-original-gqa"
@@ -19,7 +19,7 @@ no_sdk = pytest.mark.skipif(sdk_available(), reason="checks the behaviour withou
 
 
 def test_import_zaya1_does_not_import_the_sdk():
-    code = ("import sys, zaya1, zaya1.cli, zaya1.generation, zaya1.parallel, zaya1.artifacts; "
+    code = ("import sys, zaya1, zaya1.cli, zaya1.generation, zaya1.sharding, zaya1.simulated_tp, zaya1.artifacts; "
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('torch_neuronx', 'neuronx_distributed', 'neuronx_distributed_inference')]; "
             "assert not bad, bad")

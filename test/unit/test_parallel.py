@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import zaya1
-from zaya1.parallel import SimulatedTP, neuron_state_dict, rank_state_dicts, split_neuron_state_dict
+from zaya1 import simulated_tp
+from zaya1.sharding import neuron_state_dict, rank_state_dicts, split_neuron_state_dict
+from zaya1.simulated_tp import SimulatedTP
 from zaya_testlib import TOL, max_diff
 
 pytestmark = pytest.mark.usefixtures("inference")
@@ -26,7 +28,7 @@ def base(tiny):
 @pytest.fixture(scope="module", params=TPS, ids=lambda tp: f"tp{tp}")
 def sharded(request, base):
     tp = request.param
-    model = zaya1.ZayaForCausalLM.from_pretrained(base.path, dtype=torch.float32, tp_degree=tp)
+    model = simulated_tp.from_pretrained(base.path, dtype=torch.float32, tp_degree=tp)
     assert isinstance(model, SimulatedTP) == (tp > 1)
     return tp, model
 
@@ -83,7 +85,7 @@ def test_neuron_state_dict_round_trip(base, tp):
     shards = rank_state_dicts(state_dict, cfg, tp)
     assert len(shards) == tp
     neuron = neuron_state_dict(state_dict, cfg, tp)
-    model = zaya1.ZayaForCausalLM.from_pretrained(base.path, dtype=torch.float32, tp_degree=tp)
+    model = simulated_tp.from_pretrained(base.path, dtype=torch.float32, tp_degree=tp)
     rank_models = model.ranks if tp > 1 else [model]
     for rank, shard in enumerate(shards):
         split = split_neuron_state_dict(neuron, tp, rank)
@@ -97,4 +99,4 @@ def test_neuron_state_dict_round_trip(base, tp):
 @pytest.mark.parametrize("tp", [3, 16])
 def test_unsupported_tp_is_rejected(base, tp):
     with pytest.raises(zaya1.ConfigError, match="tp_degree"):
-        zaya1.ZayaForCausalLM.from_pretrained(base.path, tp_degree=tp)
+        simulated_tp.from_pretrained(base.path, tp_degree=tp)

@@ -23,7 +23,7 @@ from ..checkpoint import resolve_dtype
 from ..errors import ArtifactError, InputError
 from ..generation import SamplingParams, generate, split_prompts
 from ..model import ZayaForCausalLM
-from ..parallel import neuron_state_dict
+from ..sharding import neuron_state_dict
 from .modeling import NeuronZayaModel, ZayaInferenceConfig
 
 
@@ -59,7 +59,7 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
         return self.config._name_or_path
 
     def checkpoint_loader_fn(self, mmap: bool = False):
-        """Either checkpoint layout -> canonical weights (zaya1.checkpoint) -> Neuron state dict (zaya1.parallel,
+        """Either checkpoint layout -> canonical weights (zaya1.checkpoint) -> Neuron state dict (zaya1.sharding,
         the plan the CPU simulation proves) + the lm_head and NxDI's rank tensor."""
         zaya, nc = self.config.zaya_config, self.neuron_config
         canonical = ZayaForCausalLM.from_pretrained(self.checkpoint_path, dtype=resolve_dtype(nc.torch_dtype)).state_dict()

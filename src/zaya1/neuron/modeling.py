@@ -1,4 +1,4 @@
-"""NxDI model for ZAYA1: the core torch modules (zaya1.model) traced by NxDI, sharded by zaya1.parallel.
+"""NxDI model for ZAYA1: the core torch modules (zaya1.model) traced by NxDI, sharded by zaya1.sharding.
 
 How it maps onto NxDI (file references are repo-relative to NxDI's src/neuronx_distributed_inference and NxD's
 src/neuronx_distributed):
@@ -35,7 +35,7 @@ from neuronx_distributed_inference.modules.kvcache.kv_cache_manager import KVCac
 from ..config import ZayaConfig
 from ..errors import ConfigError
 from ..model import ZayaModel
-from ..parallel import check_tp, partition_dim
+from ..sharding import check_tp, partition_dim
 
 # NeuronConfig field -> (value that is unsupported, why / what to pass)
 _UNSUPPORTED = {

@@ -1,10 +1,11 @@
-"""Tensor-parallel plan: which rank holds which slice of every weight, and the collectives between ranks.
+"""Tensor-parallel plan: which rank holds which slice of every weight. Pure functions on configs and state
+dicts (no model code), used by the model (per-rank shapes), the Neuron backend and the CPU simulation.
 
 One plan serves both backends. ``rank_state_dicts`` cuts a canonical (unsharded) state dict into per-rank
 state dicts; ``neuron_state_dict`` concatenates those along each tensor's partition dim, so that NxD's
-contiguous per-rank slicing returns exactly the same per-rank tensors. ``SimulatedTP`` runs the per-rank
-models in one process (one thread per rank) with a thread all-reduce / all-gather, which proves the plan on
-CPU with the same model code the Neuron backend traces.
+contiguous per-rank slicing returns exactly the same per-rank tensors. ``zaya1.simulated_tp`` runs the
+per-rank models in one process, which proves the plan on CPU with the same model code the Neuron backend
+traces.
 
 Attention (architecture doc section 6): rank r owns query heads [r * nq/tp, (r+1) * nq/tp).
 * tp <= nkv: rank r also owns KV heads [r * nkv/tp, ...): whole KV groups, no communication, no
@@ -22,7 +23,6 @@ split by vocabulary; the vocab is padded to a multiple of tp with zero rows whos
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import torch
@@ -65,7 +65,8 @@ def padded_vocab(config: ZayaConfig, tp: int) -> int:
 
 
 class LocalComm:
-    """Collectives of a single rank: identities."""
+    """Collectives of a single rank (identities): the model's default; zaya1.simulated_tp.ThreadComm and the
+    Neuron backend's NxD collectives have the same interface."""
 
     rank, world_size = 0, 1
 
@@ -76,40 +77,6 @@ class LocalComm:
         return x
 
 
-class _ThreadGroup:
-    """Rendezvous of ``world_size`` threads; reductions sum in rank order, so results are deterministic."""
-
-    def __init__(self, world_size: int):
-        self.world_size = world_size
-        self.barrier = threading.Barrier(world_size)
-        self.slots: list[torch.Tensor | None] = [None] * world_size
-
-    def exchange(self, rank: int, x: torch.Tensor) -> list[torch.Tensor]:
-        self.slots[rank] = x
-        self.barrier.wait()
-        parts = list(self.slots)
-        self.barrier.wait()  # nobody overwrites a slot before everyone has read them all
-        return parts
-
-
-class ThreadComm:
-    """One rank's handle on a thread group: the collectives NxD would run between NeuronCores."""
-
-    def __init__(self, group: _ThreadGroup, rank: int):
-        self.group, self.rank, self.world_size = group, rank, group.world_size
-
-    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        parts = self.group.exchange(self.rank, x)
-        out = parts[0].to(torch.float32)  # accumulate in fp32, as NxD's row-parallel reduce does
-        for part in parts[1:]:
-            out = out + part
-        return out.to(x.dtype)
-
-    def all_gather(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        return torch.cat(self.group.exchange(self.rank, x), dim=dim)
-
-
-# ---------------------------------------------------------------------------------------------- the plan
 def _head_rows(tensor: torch.Tensor, heads: list[int], size: int, dim: int = 0) -> torch.Tensor:
     index = torch.cat([torch.arange(h * size, (h + 1) * size) for h in heads])
     return tensor.index_select(dim, index.to(tensor.device))
@@ -209,116 +176,3 @@ def split_neuron_state_dict(state_dict: dict[str, torch.Tensor], tp: int, rank: 
     """What NxD's sharding hands ``rank``: contiguous chunks along each partition dim."""
     return {key: (t if partition_dim(key) is None else t.chunk(tp, dim=partition_dim(key))[rank].contiguous())
             for key, t in state_dict.items()}
-
-
-# ---------------------------------------------------------------------------------------------- simulation
-class SimulatedTP:
-    """The per-rank models of the sharding plan run in one process, one thread per rank, joined by thread
-    collectives. Same interface as ZayaForCausalLM: forward, prefill, decode, new_state, generate."""
-
-    def __init__(self, config: ZayaConfig, ranks: list):
-        self.config, self.ranks, self.tp = config, ranks, len(ranks)
-
-    @classmethod
-    def from_model(cls, model, tp: int) -> "SimulatedTP":
-        return cls.from_state_dicts(model.config, rank_state_dicts(model.state_dict(), model.config, tp),
-                                    model.dtype, model.device)
-
-    @classmethod
-    def from_state_dicts(cls, config: ZayaConfig, shards: list[dict], dtype, device) -> "SimulatedTP":
-        from .model import ZayaForCausalLM
-
-        group = _ThreadGroup(len(shards))
-        ranks = []
-        for rank, shard in enumerate(shards):
-            model = ZayaForCausalLM.empty(config, ThreadComm(group, rank), dtype, device)
-            model.load_state_dict(shard, strict=True)
-            ranks.append(model.eval().requires_grad_(False))
-        return cls(config, ranks)
-
-    @property
-    def dtype(self):
-        return self.ranks[0].dtype
-
-    @property
-    def device(self):
-        return self.ranks[0].device
-
-    def _run(self, fn):
-        """fn(rank_model, rank) on every rank concurrently; returns rank 0's result."""
-        results, errors = [None] * self.tp, []
-        group = self.ranks[0].comm.group
-
-        def work(rank: int) -> None:
-            try:
-                with torch.inference_mode():
-                    results[rank] = fn(self.ranks[rank], rank)
-            except BaseException as exc:  # a failing rank must not leave the others waiting forever
-                errors.append(exc)
-                group.barrier.abort()
-
-        threads = [threading.Thread(target=work, args=(rank,)) for rank in range(self.tp)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            group.barrier.reset()
-            raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
-        return results[0]
-
-    def __call__(self, *args, **kwargs):
-        return self._run(lambda model, rank: model(*args, **kwargs))
-
-    def new_state(self, max_batch: int, max_seq: int):
-        return RankStates([model.new_state(max_batch, max_seq) for model in self.ranks])
-
-    def prefill(self, input_ids, lengths, seq_ids, state):
-        return self._run(lambda model, rank: model.prefill(input_ids, lengths, seq_ids, state[rank]))
-
-    def decode(self, input_ids, positions, seq_ids, state, kv_len=None):
-        return self._run(lambda model, rank: model.decode(input_ids, positions, seq_ids, state[rank], kv_len))
-
-    def generate(self, input_ids, attention_mask=None, **kwargs):
-        from .generation import generate
-
-        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
-
-
-class RankStates(list):
-    """Per-rank ZayaState objects of a SimulatedTP model."""
-
-    @property
-    def max_seq(self) -> int:
-        return self[0].max_seq
-
-
-def describe_plan(config: ZayaConfig, tp: int, batch_size: int, seq_len: int, dtype: torch.dtype) -> list[str]:
-    """Human-readable sharding plan: per-rank heads, shapes and bytes (weights, KV cache, CCA state)."""
-    from .model import ZayaForCausalLM
-
-    check_tp(config, tp)
-    with torch.device("meta"):
-        rank_model = ZayaForCausalLM(config, ThreadComm(_ThreadGroup(tp), 0)).to(dtype)
-    item = torch.empty((), dtype=dtype).element_size()
-    weights = sum(p.numel() * p.element_size() for p in rank_model.parameters())
-    shard, d, layers = rank_model.model.shard, config.head_dim, config.num_hidden_layers
-    kv = 2 * layers * batch_size * shard.kv_heads * seq_len * d * item
-    state = layers * batch_size * ((shard.q_heads + shard.kv_heads) * d * config.conv_state_len + shard.kv_heads * d) * item
-    attn = rank_model.model.layers[0].self_attn
-    experts = rank_model.model.layers[0].mlp.experts
-    q_heads, kv_heads = rank_heads(config, tp, 0)
-    def size(n: float) -> str:
-        return f"{n / 1024 ** 3:.2f} GiB" if n >= 1024 ** 3 else f"{n / 1024 ** 2:.2f} MiB"
-
-    return [
-        f"tensor parallel degree {tp}: rank 0 holds query heads {q_heads}, KV heads {kv_heads}"
-        + (" (KV heads replicated across ranks)" if tp > config.num_key_value_heads else ""),
-        f"per rank: q_proj {list(attn.q_proj.weight.shape)}, k_proj {list(attn.k_proj.weight.shape)}, "
-        f"v_proj {list(attn.v_proj.weight.shape)}, conv channels {attn.conv_qk_depthwise.channels}, "
-        f"o_proj {list(attn.o_proj.weight.shape)}",
-        f"per rank: experts gate_up {list(experts.gate_up_proj.shape)}, down {list(experts.down_proj.shape)}; "
-        f"router replicated; vocab rows {rank_model.model.embed_tokens.weight.shape[0]}",
-        f"per rank bytes: weights {size(weights)}, KV cache {size(kv)} (batch {batch_size} x {seq_len} tokens), "
-        f"CCA state {size(state)}",
-    ]

@@ -1,0 +1,7 @@
+"""python -m zaya1.bench"""
+
+import sys
+
+from . import main
+
+sys.exit(main())

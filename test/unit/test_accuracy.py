@@ -1,0 +1,76 @@
+"""The bf16 accuracy standard on a real-width model (the benchmark's synthetic ZAYA1: hidden 2048, 8/2 heads
+of 128, 16 experts of 2048, vocab 262272; one hybrid layer): zaya1's default bf16 path is at least as close
+to the float32 reference (upstream transformers in float32) as transformers' own bf16 path is, by
+
+* max |dlogit| over a 128-token prompt (full-sequence forward), and
+* top-1 agreement over 256 greedy decode steps: the float32 greedy continuation is fed back token by token
+  (teacher forcing, so one early flip cannot cascade) and each step's argmax is compared with the float32
+  reference's argmax at that position. zaya1 runs its decode step (prefill, then one token per call);
+  transformers runs one forward over the whole sequence (its cache-free bf16 path).
+
+Both of zaya1's bf16 CPU paths are checked: the one this CPU selects by default, and the fast kernels that
+CPUs without native bf16 (AVX2-only, AVX-512 without bf16) select (forced here on any CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zaya1 import ZayaForCausalLM, kernels
+from zaya1.bench.synthetic import write_synthetic_checkpoint
+
+transformers = pytest.importorskip("transformers")
+pytestmark = [pytest.mark.usefixtures("inference"), pytest.mark.slow]  # ~1-4 min on 2 cores; CI runs it
+
+PROMPT, STEPS = 128, 256
+
+
+def load_hf(path, dtype):
+    # transformers' defaults (sdpa attention, its default experts implementation): the path users get
+    return transformers.ZayaForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """(checkpoint, prompt + float32 greedy continuation [1, PROMPT + STEPS], float32 prompt logits [PROMPT, V],
+    float32 top-1 at the positions that predict the continuation [STEPS], transformers bf16 figures)."""
+    path = write_synthetic_checkpoint(tmp_path_factory.mktemp("real-width"), layers=1, seed=0)
+    prompt = torch.randint(3, 262272, (1, PROMPT), generator=torch.Generator().manual_seed(11))
+    with torch.inference_mode():
+        seq = ZayaForCausalLM.from_pretrained(path, dtype=torch.float32).generate(
+            prompt, max_new_tokens=STEPS, eos_token_id=[])
+        logits = load_hf(path, torch.float32)(seq).logits[0]
+        ref_prompt, ref_top1 = logits[:PROMPT].clone(), logits[PROMPT - 1:-1].argmax(-1)
+        del logits
+        hf = load_hf(path, torch.bfloat16)
+        hf_logits = hf(seq).logits[0].float()
+        hf_figures = ((hf_logits[:PROMPT] - ref_prompt).abs().max().item(),
+                      (hf_logits[PROMPT - 1:-1].argmax(-1) == ref_top1).sum().item())
+        del hf, hf_logits
+    return path, seq, ref_prompt, ref_top1, hf_figures
+
+
+def zaya1_figures(path, seq, ref_prompt, ref_top1) -> tuple[float, int]:
+    model = ZayaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        max_dlogit = (model(seq[:, :PROMPT]).logits[0] - ref_prompt).abs().max().item()
+        state, rows = model.new_state(1, PROMPT + STEPS), torch.zeros(1, dtype=torch.long)
+        top1 = [model.prefill(seq[:, :PROMPT], torch.tensor([PROMPT]), rows, state).argmax(-1)]
+        for pos in range(PROMPT, PROMPT + STEPS - 1):
+            top1.append(model.decode(seq[:, pos:pos + 1], torch.tensor([pos]), rows, state).argmax(-1))
+    return max_dlogit, (torch.cat(top1) == ref_top1).sum().item()
+
+
+@pytest.mark.parametrize("path_kind", ["default", "emulated-bf16-kernels"])
+def test_bf16_at_least_as_close_to_float32_as_transformers(reference, report, monkeypatch, path_kind):
+    path, seq, ref_prompt, ref_top1, (hf_dlogit, hf_agree) = reference
+    if path_kind == "emulated-bf16-kernels":
+        monkeypatch.setattr(kernels, "EMULATED_BF16", True)
+    monkeypatch.setattr(kernels, "EXACT", False)
+    dlogit, agree = zaya1_figures(path, seq, ref_prompt, ref_top1)
+    report(f"real-width bf16 ({path_kind}) max |dlogit| vs fp32, zaya1", dlogit)
+    report("real-width bf16 max |dlogit| vs fp32, transformers", hf_dlogit)
+    report(f"real-width bf16 ({path_kind}) top-1 agreement /{STEPS}, zaya1", agree)
+    report(f"real-width bf16 top-1 agreement /{STEPS}, transformers", hf_agree)
+    assert agree >= hf_agree, f"zaya1 bf16 agrees with fp32 on {agree}/{STEPS} steps, transformers on {hf_agree}"
+    assert dlogit <= hf_dlogit, f"zaya1 bf16 max |dlogit| {dlogit:.4f} > transformers' {hf_dlogit:.4f}"
