@@ -48,6 +48,10 @@ def main(argv=None) -> int:
     p.add_argument("--tp-degree", type=int, default=1, help="--cpu-mode: tensor parallel degree")
     p.add_argument("--prompt", action="append", help="prompt text (repeat; prompts must tokenize to equal length)")
     p.add_argument("--prompt-ids", type=token_ids, help="comma-separated token ids instead of text (no tokenizer)")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's chat template")
+    p.add_argument("--special-tokens", action="store_true",
+                   help="encode plain text with the tokenizer's special tokens (ZAYA1-8B's appends its EOS, which "
+                        "makes a completion prompt end a turn); default: the text alone")
     p.add_argument("--num-tokens", type=int, default=64)
     p.add_argument("--reference-dtype", default="float32")
     p.add_argument("--min-top1", type=float, default=0.95, help="fail below this mean top-1 agreement")
@@ -64,7 +68,8 @@ def check(p, args) -> int:
         rows = [args.prompt_ids]
     else:
         tokenizer = Tokenizer.from_pretrained(args.model_path)
-        rows = [tokenizer.encode(text) for text in (args.prompt or ["The capital of France is"])]
+        rows = [tokenizer.encode(text, chat=args.chat, add_special_tokens=args.special_tokens)
+                for text in (args.prompt or ["The capital of France is"])]
     if len({len(r) for r in rows}) != 1:
         p.error("prompts must tokenize to the same length (compare one prompt per run otherwise)")
     prompts = torch.tensor(rows)

@@ -7,14 +7,14 @@
 #
 # Sources: a checkout or archive of github.com/aws-neuron/neuronx-distributed-inference (tested at 4bcdc54)
 # and github.com/aws-neuron/neuronx-distributed (tested at fbac349, "Release 2.29"); default: the archives in
-# ../shared/vendor when present. The venv (default ~/.cache/zaya1/nxdi-cpu-venv, ~7 GB: PyPI's torch 2.9.0
-# is the CUDA build, which torch-xla 2.9.0 needs; no GPU is used) is reused when its stamp matches the
-# sources and requirements, so a rerun takes seconds. Prints the venv's python on the last line.
+# ../shared/vendor (or $ZAYA1_VENDOR) when present. The venv (default ~/.cache/zaya1/nxdi-cpu-venv, ~7 GB:
+# PyPI's torch 2.9.0 is the CUDA build, which torch-xla 2.9.0 needs; no GPU is used) is reused when its stamp
+# matches the sources and requirements, so a rerun takes seconds. Prints the venv's python on the last line.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${ZAYA1_NXDI_VENV:-$HOME/.cache/zaya1/nxdi-cpu-venv}"
 nxdi_src="" nxd_src=""
-vendor="$here/../shared/vendor"
+vendor="${ZAYA1_VENDOR:-$here/../shared/vendor}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --venv) venv="$2"; shift 2 ;;
@@ -27,13 +27,13 @@ done
 pick() {  # the --*-src value, else the vendored archive matching $1
   local given="$1" pattern="$2"
   if [ -n "$given" ]; then echo "$given"; return; fi
-  ls "$vendor"/$pattern 2>/dev/null | head -n 1
+  { ls "$vendor"/$pattern 2>/dev/null || true; } | head -n 1
 }
 nxdi_src="$(pick "$nxdi_src" 'neuronx-distributed-inference-*.tar.gz')"
 nxd_src="$(pick "$nxd_src" 'neuronx-distributed-[0-9a-f]*.tar.gz')"
 for src in "$nxdi_src" "$nxd_src"; do
   if [ -z "$src" ] || [ ! -e "$src" ]; then
-    echo "nxdi_cpu_env.sh: error: NxDI / NxD sources not found ('$src'); pass --nxdi-src and --nxd-src (a git" \
+    echo "nxdi_cpu_env.sh: error: NxDI / NxD sources not found ('$src'); none in $vendor; pass --nxdi-src and --nxd-src (a git" \
          "checkout or archive of aws-neuron/neuronx-distributed-inference and aws-neuron/neuronx-distributed)" >&2
     exit 2
   fi

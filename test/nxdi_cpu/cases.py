@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import traceback
 from pathlib import Path
@@ -31,6 +32,15 @@ from zaya1.generation import teacher_forced_logits  # noqa: E402
 from zaya1.neuron import NeuronZayaForCausalLM, ZayaInferenceConfig, ZayaNeuronConfig  # noqa: E402
 
 GOLDEN = HERE.parent / "data" / "golden"
+
+
+def child_env(**extra) -> dict[str, str]:
+    """The environment for a subprocess that runs NxDI: CPU PJRT and a free rendezvous port of its own (this
+    process may hold a gloo group on MASTER_PORT already, and NxDI's to_cpu() binds 29500 by default)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return dict(os.environ, PJRT_DEVICE="CPU", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **extra)
 
 
 def golden_dir(name: str, layout: str) -> Path:

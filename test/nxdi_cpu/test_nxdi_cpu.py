@@ -2,7 +2,6 @@
 cases.py against Zyphra's golden outputs and zaya1's CPU model (float32, max |dlogit| <= 1e-4, tokens equal)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -72,13 +71,9 @@ def test_tp1(name, tmp_path_factory):
 def tp2_results(tmp_path_factory) -> dict:
     """All tp-2 cases in one ``torchrun --nproc-per-node 2`` (NxDI's CPU mode initialises gloo once per process)."""
     tmp = tmp_path_factory.mktemp("tp2")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PJRT_DEVICE="CPU")
+    env = cases.child_env(PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-addr", "127.0.0.1", "--master-port", str(port), str(Path(cases.__file__)),
+                          "--master-addr", "127.0.0.1", "--master-port", env["MASTER_PORT"], str(Path(cases.__file__)),
                           "--tp", "2", "--cases", ",".join(TP2_CASES), "--root", str(tmp), "--out",
                           str(tmp / "results.json")], env=env, capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
@@ -112,8 +107,7 @@ def test_check_accuracy_script_end_to_end(tmp_path):
     script = ROOT / "scripts" / "check_accuracy.py"
     code = ("import sys, runpy, neuron_sdk_shims; neuron_sdk_shims.install(); "
             f"sys.argv = [{str(script)!r}] + sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
-    env = dict(os.environ, PJRT_DEVICE="CPU",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(Path(cases.__file__).parent / "shims")]))
+    env = cases.child_env(PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(Path(cases.__file__).parent / "shims")]))
     run = subprocess.run([sys.executable, "-W", "ignore", "-c", code, "--model-path",
                           str(cases.golden_dir("gqa", "original")), "--cpu-mode", "--prompt-ids",
                           ",".join(map(str, golden)), "--num-tokens", "10", "--json", str(report)],
@@ -127,7 +121,7 @@ def test_check_accuracy_script_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("tp", [1, 2])
-def test_presharded_weights_are_the_plans_rank_shards(tp, tmp_path):
+def test_presharded_weights_are_the_plans_rank_shards(tp, tmp_path, monkeypatch):
     """What compile() saves (NxDI's shard_weights -> NxD's ModelBuilder.shard_checkpoint -> safetensors): one file
     per rank whose tensors are exactly zaya1's per-rank shards (zaya1.sharding, the plan SimulatedTP proves).
     At tp 1 the tied lm_head must not share memory with the embedding (safetensors refuses shared tensors)."""
@@ -137,6 +131,9 @@ def test_presharded_weights_are_the_plans_rank_shards(tp, tmp_path):
     from zaya1.neuron import NeuronZayaForCausalLM, ZayaInferenceConfig, ZayaNeuronConfig
     from zaya1.sharding import rank_state_dicts
 
+    # sharding happens at compile time, never in a process that ran NxDI's CPU mode (as the tp-1 cases here
+    # did): NXD_CPU_MODE, which to_cpu() sets for good, would route NxD's traced-sharding groups to gloo
+    monkeypatch.delenv("NXD_CPU_MODE", raising=False)
     path = cases.golden_dir("gqa", "original")
     nc = ZayaNeuronConfig(tp_degree=tp, batch_size=2, seq_len=64, max_context_length=32, torch_dtype=torch.float32,
                           save_sharded_checkpoint=True)

@@ -14,7 +14,6 @@ the test says so in its result (``registry``); on trn2 the real module is used.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import runpy
@@ -32,8 +31,9 @@ LAYOUTS = {"original": GOLDEN, "hf": GOLDEN / "hf-layout"}
 TOL = 1e-4
 PLUGIN = "zaya1=zaya1.neuron.vllm_plugin:register"
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("neuronx_distributed_inference") is None,
-                                reason="needs NxD + NxDI installed (the nxdi-cpu venv, see test/nxdi_cpu)")
+pytest.importorskip("neuronx_distributed_inference", reason="needs NxD + NxDI installed (the nxdi-cpu venv, see "
+                                                            "test/nxdi_cpu)")
+import cases  # noqa: E402  (child_env)
 
 SHIMS = """
 sys.path.insert(0, "test/nxdi_cpu/shims")
@@ -98,7 +98,7 @@ def run(body: str, shims: bool = True, extra_path: str = "", timeout: int = 900)
     code += "\nprint('RESULT ' + json.dumps(dict(result, registry=registry)))\n"
     path = os.pathsep.join(p for p in (extra_path, str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
     proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=path, PJRT_DEVICE="CPU"), timeout=timeout)
+                          env=cases.child_env(PYTHONPATH=path), timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
     result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("RESULT ")][-1][7:])
     print(f"registry: {result['registry']}")
