@@ -1,23 +1,23 @@
 """bf16 matrix products on x86 CPUs, chosen by what the CPU has; no flag needed.
 
-* CPUs with native bf16 (AVX512_BF16 or AMX, e.g. Sapphire Rapids, Zen 4): ``F.linear``. oneDNN's bf16
-  GEMMs run on the bf16 units there and are both the fastest product and bit-identical to transformers.
-* CPUs without them (AVX2-only, e.g. Zen 3; AVX-512 without bf16, e.g. Skylake-SP): ``F.linear`` on bf16 runs
-  oneDNN's emulated kernel, ~25 GFLOP/s at prefill sizes and, at decode sizes, a fraction of the memory
-  bandwidth (a 4-row product over the 1 GB lm_head streams ~3 GB/s). There the fast kernels below are the
-  default.
+oneDNN's ``F.linear`` is a GEMM kernel: at the few rows of a decode step (and of an expert's share of a
+prefill) it streams the weight well below the memory bandwidth. ``linear(x, weight)`` keeps F.linear's
+semantics (bf16 inputs, fp32 accumulation, one rounding of the result to bf16) and picks the product by the
+number of rows M of ``x`` and by the CPU (``matmul``):
 
-``linear(x, weight)`` keeps F.linear's semantics (bf16 inputs, fp32 accumulation, one rounding of the
-result to bf16) and, with the fast kernels, picks the product by the number of rows M of ``x`` (``matmul``):
-
-* M < ``FP32_MIN_ROWS`` (decode): one ``torch.mv`` per row, PyTorch's vectorised bf16 GEMV with fp32
-  accumulation, which streams the weight at the memory bandwidth.
-* otherwise (prefill): the weight is widened to fp32 in blocks of ``BLOCK_ELEMENTS`` (a per-thread
-  workspace that stays in cache) and multiplied with fp32 sgemm, 3-4x the emulated bf16 GEMM.
-* under torch.compile (the decode step), 2 <= M <= ``FUSED_MAX_ROWS``: one multiply-and-sum per row over
-  the same weight (``fused_rows_matmul``), which inductor fuses into a single kernel that reads and widens
-  each weight element once for all rows. M = 1 and larger M call ``matmul`` as the opaque custom op
-  ``zaya1::cpu_bf16_matmul`` (inductor would otherwise lower mv to a slower reduction of its own).
+* M = 1, every x86 CPU: ``torch.mv``, PyTorch's vectorised bf16 GEMV, which streams the weight at the
+  memory bandwidth (1.2-1.7x F.linear on Sapphire Rapids).
+* CPUs with native bf16 (AVX512_BF16 or AMX, e.g. Sapphire Rapids, Zen 4), 2 <= M <= ``SWAPPED_MAX_ROWS``:
+  oneDNN's GEMM with the operands swapped, ``weight @ x^T`` (the long weight as the first operand), 1.3-1.5x
+  F.linear; larger M: F.linear on the bf16 units.
+* CPUs without them (AVX2-only, e.g. Zen 3; AVX-512 without bf16, e.g. Skylake-SP), where oneDNN emulates
+  bf16 (~25 GFLOP/s at prefill sizes, ~3 GB/s for a 4-row product over the 1 GB lm_head): M < ``FP32_MIN_ROWS``
+  one ``torch.mv`` per row; otherwise the weight is widened to fp32 in blocks of ``BLOCK_ELEMENTS`` (a
+  per-thread workspace that stays in cache) and multiplied with fp32 sgemm, 3-4x the emulated bf16 GEMM.
+* under torch.compile (the decode step) on those CPUs, 2 <= M <= ``FUSED_MAX_ROWS``: one multiply-and-sum
+  per row over the same weight (``fused_rows_matmul``), which inductor fuses into a single kernel that
+  reads and widens each weight element once for all rows. Other cases call ``matmul`` as the opaque custom
+  op ``zaya1::cpu_bf16_matmul`` (inductor would otherwise lower mv to a slower reduction of its own).
 
 Only the accumulation order differs from F.linear: results agree with it to about one bf16 rounding, and
 with the float32 reference at least as closely as transformers' bf16 does (test/unit/test_accuracy.py).
@@ -26,7 +26,7 @@ path that is bit-identical to transformers. Every other case (fp32 and fp16 weig
 tracing for Neuron, a bias) is plain F.linear, so float32 results are bit-identical to the reference path.
 
 Detection (``cpu_features``): the /proc/cpuinfo flags, capped by oneDNN's ``ONEDNN_MAX_CPU_ISA`` when it is
-set (an ISA cap that makes oneDNN emulate bf16 also selects the fast kernels), and torch's
+set (an ISA cap that makes oneDNN emulate bf16 also selects the emulated-bf16 kernels), and torch's
 ``torch.backends.cpu.get_cpu_capability()`` for what its own vectorised kernels use.
 """
 
@@ -44,6 +44,7 @@ from torch import nn
 
 FP32_MIN_ROWS = 6
 FUSED_MAX_ROWS = 16
+SWAPPED_MAX_ROWS = 16  # native bf16: weight @ x^T up to here (measured 1.3-1.5x F.linear at 2-16 rows)
 BLOCK_ELEMENTS = 1 << 20  # 4 MB of fp32 weight per sgemm block
 _workspace = threading.local()  # simulated tensor parallelism runs ranks in threads
 # oneDNN ISA caps below which its bf16 matmul is emulated (ONEDNN_MAX_CPU_ISA values, oneDNN's docs)
@@ -82,6 +83,7 @@ def _emulated_bf16(features: dict) -> bool:
 
 CPU = cpu_features()  # read once: torch.compile traces the functions below
 EMULATED_BF16 = _emulated_bf16(CPU)
+NATIVE_BF16 = CPU["x86"] and CPU["native_bf16"]
 EXACT = os.environ.get("ZAYA1_EXACT_KERNELS", "").strip().lower() not in ("", "0", "false", "no")
 
 
@@ -98,7 +100,9 @@ def kernel_mode() -> str:
         return "exact (F.linear, bit-identical to transformers)"
     if EMULATED_BF16:
         return "fast (zaya1 kernels: torch.mv decode, fp32 sgemm prefill; this CPU emulates bf16 in oneDNN)"
-    return "native (F.linear on the CPU's bf16 units)"
+    if NATIVE_BF16:
+        return "fast native (torch.mv at 1 row, oneDNN weight @ x^T up to 16 rows, F.linear on the bf16 units above)"
+    return "F.linear (no x86 bf16 features detected)"
 
 
 def fp32_internals(x: torch.Tensor) -> bool:
@@ -110,19 +114,24 @@ def fp32_internals(x: torch.Tensor) -> bool:
             and not torch.jit.is_tracing())
 
 
-def use_cpu_bf16_kernels(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (not EXACT and EMULATED_BF16 and weight.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
+def _cpu_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (not EXACT and weight.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
             and weight.device.type == "cpu" and not torch.jit.is_tracing())
+
+
+def use_cpu_bf16_kernels(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True where this product runs zaya1's emulated-bf16 kernels (a CPU without bf16 units)."""
+    return EMULATED_BF16 and _cpu_bf16(x, weight)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias): x [..., K], weight [N, K] -> [..., N]."""
-    if bias is not None or not use_cpu_bf16_kernels(x, weight):
+    if bias is not None or not ((EMULATED_BF16 or NATIVE_BF16) and _cpu_bf16(x, weight)):
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])  # [M, K]
     if not torch.compiler.is_compiling():
         out = matmul(rows, weight)
-    elif 1 < rows.shape[0] <= FUSED_MAX_ROWS:
+    elif EMULATED_BF16 and 1 < rows.shape[0] <= FUSED_MAX_ROWS:
         out = fused_rows_matmul(rows, weight)
     else:
         out = torch.ops.zaya1.cpu_bf16_matmul(rows, weight)
@@ -131,9 +140,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """rows [M, K] x weight [N, K]^T -> [M, N], both bf16."""
-    if rows.shape[0] >= FP32_MIN_ROWS:
+    m = rows.shape[0]
+    if not EMULATED_BF16 and m > 1:
+        if m <= SWAPPED_MAX_ROWS:
+            return torch.mm(weight, rows.t()).t().contiguous()
+        return F.linear(rows, weight)
+    if m >= FP32_MIN_ROWS:
         return fp32_matmul(rows, weight)
-    out = rows.new_empty(rows.shape[0], weight.shape[0])
+    out = rows.new_empty(m, weight.shape[0])
     for row, dest in zip(rows, out):
         torch.mv(weight, row, out=dest)
     return out

@@ -8,8 +8,8 @@ to the float32 reference (upstream transformers in float32) as transformers' own
   reference's argmax at that position. zaya1 runs its decode step (prefill, then one token per call);
   transformers runs one forward over the whole sequence (its cache-free bf16 path).
 
-Both of zaya1's bf16 CPU paths are checked: the one this CPU selects by default, and the fast kernels that
-CPUs without native bf16 (AVX2-only, AVX-512 without bf16) select (forced here on any CPU)."""
+zaya1's bf16 CPU paths are all checked: the one this CPU selects by default, and both fast paths forced
+(the kernels of CPUs without native bf16 (AVX2-only, AVX-512 without bf16), and those of CPUs with it)."""
 
 from __future__ import annotations
 
@@ -61,11 +61,12 @@ def zaya1_figures(path, seq, ref_prompt, ref_top1) -> tuple[float, int]:
     return max_dlogit, (torch.cat(top1) == ref_top1).sum().item()
 
 
-@pytest.mark.parametrize("path_kind", ["default", "emulated-bf16-kernels"])
+@pytest.mark.parametrize("path_kind", ["default", "emulated-bf16-kernels", "native-bf16-kernels"])
 def test_bf16_at_least_as_close_to_float32_as_transformers(reference, report, monkeypatch, path_kind):
     path, seq, ref_prompt, ref_top1, (hf_dlogit, hf_agree) = reference
-    if path_kind == "emulated-bf16-kernels":
-        monkeypatch.setattr(kernels, "EMULATED_BF16", True)
+    if path_kind != "default":  # the other kind of CPU's path, forced
+        monkeypatch.setattr(kernels, "EMULATED_BF16", path_kind == "emulated-bf16-kernels")
+        monkeypatch.setattr(kernels, "NATIVE_BF16", path_kind == "native-bf16-kernels")
     monkeypatch.setattr(kernels, "EXACT", False)
     dlogit, agree = zaya1_figures(path, seq, ref_prompt, ref_top1)
     report(f"real-width bf16 ({path_kind}) max |dlogit| vs fp32, zaya1", dlogit)

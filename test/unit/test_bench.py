@@ -21,6 +21,17 @@ TINY_HF = ROOT / "test" / "data" / "golden" / "zaya1-original-tiny" / "hf-layout
 def emulated(monkeypatch):
     """The default path of a CPU without native bf16 (AVX2-only or AVX-512 without bf16), on any CPU."""
     monkeypatch.setattr(kernels, "EMULATED_BF16", True)
+    monkeypatch.setattr(kernels, "NATIVE_BF16", False)
+    monkeypatch.setattr(kernels, "EXACT", False)
+
+
+@pytest.fixture(params=["emulated", "native"])
+def fast_path(request, monkeypatch):
+    """Either fast path, on any CPU: emulated-bf16 kernels, or native (mv / swapped GEMM / F.linear). On a
+    CPU without bf16 units the native path's products are oneDNN's emulated ones: same numerics."""
+    native = request.param == "native"
+    monkeypatch.setattr(kernels, "EMULATED_BF16", not native)
+    monkeypatch.setattr(kernels, "NATIVE_BF16", native)
     monkeypatch.setattr(kernels, "EXACT", False)
 
 
@@ -55,8 +66,8 @@ def test_exact_switch_selects_f_linear(emulated):
         kernels.use_exact_kernels(False)
 
 
-@pytest.mark.parametrize("rows", [1, 3, kernels.FP32_MIN_ROWS, 40])
-def test_bf16_linear_matches_f_linear(emulated, rows):
+@pytest.mark.parametrize("rows", [1, 3, kernels.FP32_MIN_ROWS, kernels.SWAPPED_MAX_ROWS, 40])
+def test_bf16_linear_matches_f_linear(fast_path, rows):
     gen = torch.Generator().manual_seed(rows)
     weight = torch.randn(3000, 256, generator=gen).to(torch.bfloat16)
     x = torch.randn(2, rows, 256, generator=gen).to(torch.bfloat16)
@@ -98,6 +109,7 @@ def test_bf16_generation_with_cpu_kernels_matches_reference_path(emulated, monke
     prompt = torch.randint(3, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
     ours = model.generate(prompt, max_new_tokens=6, eos_token_id=[])
     monkeypatch.setattr(kernels, "EMULATED_BF16", False)
+    monkeypatch.setattr(kernels, "NATIVE_BF16", False)  # F.linear everywhere
     ref = model.generate(prompt, max_new_tokens=6, eos_token_id=[])
     assert (ours == ref).float().mean() > 0.9  # bf16: rounding may flip a near-tie token
 
