@@ -181,12 +181,3 @@ def routing_summary(model, prompt_len: int, vocab: int, seed: int) -> list[str]:
             h.remove()
     return [f"layer {i}: {int((c[:-1] > 0).sum())}/{len(c) - 1} experts, busiest {c[:-1].max() / c.sum():.0%}, "
             f"skip {int(c[-1])}" for i, c in enumerate(counts)]
-
-
-def _param_bytes(model) -> int:
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.data_ptr() not in seen:  # tied weights once
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-    return total
