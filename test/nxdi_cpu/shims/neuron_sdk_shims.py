@@ -138,40 +138,23 @@ NKI_LANGUAGE = ("ndarray", "float16", "bfloat16", "float32", "int32", "float4_e2
 
 SHIMS: dict[str, dict | object] = {
     "libneuronxla": {"neuron_xla_compile": R},
-    "neuronxcc": {},
     "neuronxcc.nki": {"jit": "decorator"},
-    "neuronxcc.nki._private_kernels": {},
     "neuronxcc.nki._private_kernels.collectives": {"CollectivesConfig": CollectivesConfig},
-    "neuronxcc.nki.compiler": {},
-    "neuronxcc.nki.compiler.backends": {},
-    "neuronxcc.nki.compiler.backends.neuron": {},
     "neuronxcc.nki.compiler.backends.neuron.dimensions": {"VNC": R},
-    "neuronxcc.nki.kernels": {},
     "neuronxcc.nki.kernels.attention": {"FlashConfig": R},
     "neuronxcc.nki.language": MODULE,
     "nki": {"jit": "decorator"},
     "nki.isa": MODULE,
     "nki.language": {name: R for name in NKI_LANGUAGE},
-    "nkilib": {},
-    "nkilib.core": {},
-    "nkilib.core.cumsum": {},
     "nkilib.core.cumsum.cumsum": {"cumsum": R},
-    "nkilib.core.max": {},
     "nkilib.core.max.cascaded_max": {"cascaded_max": R},
-    "nkilib.core.moe": {},
-    "nkilib.core.moe.moe_cte": {},
     "nkilib.core.moe.moe_cte.moe_cte_utils": {"BlockShardStrategy": BlockShardStrategy, "SkipMode": SkipMode},
-    "nkilib.core.moe_block": {},
     "nkilib.core.moe_block.moe_block_tkg": {"moe_block_tkg": R},
-    "nkilib.core.output_projection": {},
     "nkilib.core.output_projection.output_projection_cte": {"output_projection_cte": R},
-    "nkilib.core.qkv": {},
     "nkilib.core.qkv.qkv": {"qkv": R},
-    "nkilib.core.subkernels": {},
     "nkilib.core.subkernels.find_nonzero_indices": {"find_nonzero_indices": R},
     "nkilib.core.subkernels.indexed_flatten": {"indexed_flatten": R},
     "nkilib.core.topk": {"topk": R},
-    "nkilib.core.utils": {},
     "nkilib.core.utils.common_types": {
         "QKVOutputLayout": QKVOutputLayout, "NormType": NormType, "ActFnType": ActFnType,
         "RouterActFnType": RouterActFnType, "ExpertAffinityScaleMode": ExpertAffinityScaleMode,
@@ -180,17 +163,11 @@ SHIMS: dict[str, dict | object] = {
     "nkilib.core.utils.tensor_view": {"TensorView": R},
     # ModelBuilder (trace/model_builder.py) requires the torch-neuronx 2.x line: the one matching torch 2.9
     "torch_neuronx": {"BucketModelConfig": R, "__version__": "2.9.0+shim"},
-    "torch_neuronx.experimental": {},
-    "torch_neuronx.experimental.profiler": {},
-    "torch_neuronx.experimental.profiler.v2_x": {},
     "torch_neuronx.experimental.profiler.v2_x.custom_op_name": {"hlo_debug": R},
-    "torch_neuronx.proto": {},
     "torch_neuronx.proto.metaneff_pb2": {"MetaNeff": R, "MetaTensor": R},
-    "torch_neuronx.pyhlo": {},
     "torch_neuronx.pyhlo.hlo_pb2": {name: R for name in HLO_PB2},
     "torch_neuronx.pyhlo.xla_data_pb2": {"PrimitiveType": R},
     # not on the CPU path's import list, but NxDI's accuracy utilities import it (check_accuracy.py --nxdi-check)
-    "torch_neuronx.testing": {},
     "torch_neuronx.testing.validation": {name: R for name in ("custom_allclose", "logit_validation",
                                                                 "neuron_allclose", "AllCloseSummary")},
     "torch_neuronx.utils": {"get_platform_target": get_platform_target},
@@ -236,12 +213,14 @@ def install() -> None:
             if importlib.util.find_spec(top) is not None]
     if real:
         raise RuntimeError(f"the Neuron SDK is installed ({', '.join(real)}): run without the test shims")
-    for name, spec in SHIMS.items():
-        module = _build(name, spec)
-        sys.modules[name] = module
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(sys.modules[parent], child, module)
+    for name in sorted(SHIMS, key=lambda n: n.count(".")):  # parents first; unlisted ones are empty packages
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth])
+            if prefix == name or prefix not in sys.modules:
+                sys.modules[prefix] = _build(prefix, SHIMS[name] if prefix == name else {})
+                if depth > 1:
+                    setattr(sys.modules[".".join(parts[:depth - 1])], parts[depth - 1], sys.modules[prefix])
 
     import torch
 
