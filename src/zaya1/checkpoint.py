@@ -309,9 +309,11 @@ def load_model(cls, path, dtype=torch.float32, device="cpu", check_finite: bool 
                                       f"config.json and the *.safetensors files (here probably {path.parent}).")
     device = resolve_device(device)
     if dtype != "auto":
-        dtype = resolve_dtype(dtype)
+        dtype = resolve_dtype(dtype)  # a bad dtype is reported before config.json is read
     cfg = ZayaConfig.from_pretrained(path, **config_overrides)
-    model = cls.empty(cfg, dtype=resolve_dtype(dtype, cfg), device=device)
+    if dtype == "auto":
+        dtype = resolve_dtype(dtype, cfg)
+    model = cls.empty(cfg, dtype=dtype, device=device)
     load_into(model, cfg, path, check_finite=check_finite)
     model.eval()
     model.generation_config = GenerationDefaults.from_pretrained(path)

@@ -12,8 +12,10 @@ import torch
 
 from . import __version__, bench, compile_cli
 from . import cost as cost_module
+from .bench.runners import upstream_transformers
 from .checkpoint import resolve_device
 from .errors import InputError, run_reporting_errors
+from .generation_config import eos_ids
 from .streaming import TextStreamer
 from .tokenizer import Tokenizer
 
@@ -156,8 +158,7 @@ def run_generate(args) -> int:
     model, tokenizer, label, demo = load_for_generation(args)
     load_s = time.perf_counter() - start
     defaults = getattr(model, "generation_config", None)
-    eos = list((defaults.values.get("eos_token_id") if defaults else None) or model.config.eos_token_id)
-    eos = [eos] if isinstance(eos, int) else eos
+    eos = eos_ids(defaults.values if defaults else {}, model.config.eos_token_id)
     rows = prompt_rows(args, tokenizer, eos)
     width = max(len(r) for r in rows)
     pad = model.config.pad_token_id or 0
@@ -185,12 +186,7 @@ def run_generate(args) -> int:
 
 def run_bench(args) -> int:
     if not args.no_hf:
-        try:
-            import transformers  # noqa: F401
-        except ImportError:
-            raise InputError("zaya1 bench compares with transformers, which is not installed: pip install "
-                             "'transformers>=5.23,<5.40' (or pip install -e '.[hf]'), or pass --no-hf to time "
-                             "zaya1 alone.") from None
+        upstream_transformers()  # fails fast, before the synthetic checkpoint is written
     return bench.run(args)
 
 

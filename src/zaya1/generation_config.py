@@ -77,6 +77,12 @@ def _eos_list(value) -> list[int]:
     return list(values)
 
 
+def eos_ids(settings: dict[str, Any], config_eos) -> list[int]:
+    """The EOS list of generation settings (``GenerationDefaults.values``, or those merged with explicit
+    arguments), else config.json's. ``[]`` is kept: it never stops."""
+    return _eos_list(settings["eos_token_id"]) if "eos_token_id" in settings else list(config_eos)
+
+
 def _positive_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InputError(f"{name}={value!r} must be " + ("a positive integer." if minimum == 1
@@ -119,7 +125,7 @@ def resolve(model_defaults: GenerationDefaults | None, config_eos: list[int], co
     sampling = SamplingParams(do_sample, 1.0 if temperature == 0 else temperature, merged["top_k"],
                               merged["top_p"], merged["repetition_penalty"])
     sampling.validate()
-    eos = _eos_list(merged["eos_token_id"]) if "eos_token_id" in merged else list(config_eos)
+    eos = eos_ids(merged, config_eos)
     pad = merged.get("pad_token_id", config_pad)
     if pad is None:
         pad = eos[0] if eos else 0  # transformers pads with the (first) EOS when there is no pad token

@@ -83,7 +83,7 @@ def _emulated_bf16(features: dict) -> bool:
 
 CPU = cpu_features()  # read once: torch.compile traces the functions below
 EMULATED_BF16 = _emulated_bf16(CPU)
-NATIVE_BF16 = CPU["x86"] and CPU["native_bf16"]
+NATIVE_BF16 = CPU["native_bf16"]
 EXACT = os.environ.get("ZAYA1_EXACT_KERNELS", "").strip().lower() not in ("", "0", "false", "no")
 
 

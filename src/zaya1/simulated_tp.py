@@ -59,9 +59,9 @@ class SimulatedTP:
     """The per-rank models of the sharding plan run in one process, one thread per rank, joined by thread
     collectives. Same interface as ZayaForCausalLM: forward, prefill, decode, new_state, generate."""
 
-    def __init__(self, config: ZayaConfig, ranks: list, generation_config=None):
+    def __init__(self, config: ZayaConfig, ranks: list):
         self.config, self.ranks, self.tp = config, ranks, len(ranks)
-        self.generation_config = generation_config  # generation_config.json's defaults, as on ZayaForCausalLM
+        self.generation_config = None  # generation_config.json's defaults, as on ZayaForCausalLM (from_model)
 
     @classmethod
     def from_model(cls, model, tp: int) -> "SimulatedTP":

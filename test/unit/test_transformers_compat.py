@@ -18,7 +18,7 @@ import zaya1
 from zaya1.errors import ConfigError, InputError
 from zaya1.streaming import TextStreamer
 from zaya1.tokenizer import Tokenizer
-from zaya_testlib import ROPE, TOL, build_hf_checkpoint, hf_config, load_hf, max_diff
+from zaya_testlib import ROPE, TOL, build_hf_checkpoint, hf_config, load_hf, max_diff, upstream
 
 pytestmark = pytest.mark.usefixtures("inference")
 
@@ -108,8 +108,8 @@ def test_streamer_objects_and_callbacks(chat):
 def test_dtype_auto_and_torch_dtype(chat, tmp_path, saved):
     path = tmp_path / "c"
     load_hf(chat.path).to(saved).save_pretrained(path)
-    upstream = transformers.ZayaForCausalLM.from_pretrained(path, dtype="auto")
-    assert zaya1.ZayaForCausalLM.from_pretrained(path, dtype="auto").dtype == upstream.dtype == saved
+    reference = upstream().ZayaForCausalLM.from_pretrained(path, dtype="auto")
+    assert zaya1.ZayaForCausalLM.from_pretrained(path, dtype="auto").dtype == reference.dtype == saved
     assert zaya1.ZayaForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16).dtype == torch.bfloat16
     assert zaya1.ZayaForCausalLM.from_pretrained(path, torch_dtype="float16").dtype == torch.float16
 
@@ -135,7 +135,7 @@ def upstream_tester_config(**changes) -> transformers.ZayaConfig:
                   head_dim=16, hidden_act="gelu", max_position_embeddings=512, pad_token_id=0, bos_token_id=1,
                   eos_token_id=2, num_experts=8, moe_intermediate_size=32, num_experts_per_tok=1,
                   layer_types=["hybrid", "hybrid_sliding"], sliding_window=64)
-    return transformers.ZayaConfig(**(fields | changes))
+    return upstream().ZayaConfig(**(fields | changes))
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu", "silu"])

@@ -93,19 +93,26 @@ class ZayaRunner(Runner):
         return state.nbytes_per_token(), state.nbytes_per_sequence()
 
 
+def upstream_transformers():
+    """transformers with upstream ZayaForCausalLM (>= 5.23), the benchmark's comparison, else InputError."""
+    try:
+        import transformers
+    except ImportError:
+        transformers = None
+    if not hasattr(transformers, "ZayaForCausalLM"):
+        found = (f"with transformers {transformers.__version__}, which has no ZayaForCausalLM" if transformers
+                 else "with transformers, which is not installed")
+        raise InputError(f"zaya1 bench compares {found}: pip install 'transformers>=5.23,<5.40' (or pip install "
+                         f"-e '.[hf]'), or pass --no-hf to time zaya1 alone.")
+    return transformers
+
+
 class HFRunner(Runner):
     name = "hf"
 
     def __init__(self, path: Path, dtype: torch.dtype, device: str, attn: str, experts: str | None):
         super().__init__(device)
-        try:
-            import transformers
-        except ImportError:
-            transformers = None
-        if not hasattr(transformers, "ZayaForCausalLM"):
-            found = f"transformers {transformers.__version__}" if transformers else "no transformers"
-            raise InputError(f"the comparison with upstream ZayaForCausalLM needs transformers >= 5.23 ({found} "
-                             f"installed): pip install 'transformers>=5.23', or pass --no-hf.")
+        transformers = upstream_transformers()
         kwargs = {"dtype": dtype, "attn_implementation": attn}
         if experts:
             kwargs["experts_implementation"] = experts

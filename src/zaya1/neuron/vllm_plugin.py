@@ -47,12 +47,12 @@ class ZayaForCausalLMStub(nn.Module):
 
 def register() -> None:
     """Register ZAYA1 wherever this process can use it (module docstring); safe to call more than once."""
-    if importlib.util.find_spec("transformers") is not None:
+    if sdk_available():
+        register_nxdi()  # NxDI's model types and the AutoConfig registration
+    elif importlib.util.find_spec("transformers") is not None:
         from .hf_config import register_auto_config  # transformers is optional for zaya1
 
         register_auto_config()
-    if sdk_available():
-        register_nxdi()
     if importlib.util.find_spec("vllm") is not None:
         from vllm import ModelRegistry
 

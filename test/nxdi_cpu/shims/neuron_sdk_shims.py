@@ -38,14 +38,18 @@ def _reach(name: str):
                       f"not reach it")
 
 
+def _reach_attribute(owner: str, attr: str):
+    if attr.startswith("__"):  # dunders: absent, as on any object (pickle, inspect, annotations probe them)
+        raise AttributeError(attr)
+    _reach(f"{owner}.{attr}")
+
+
 class _RaisingMeta(type):
     def __call__(cls, *args, **kwargs):
         _reach(cls._shim_name)
 
     def __getattr__(cls, attr):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        _reach(f"{cls._shim_name}.{attr}")
+        _reach_attribute(cls._shim_name, attr)
 
 
 def raising(name: str) -> type:
@@ -84,9 +88,7 @@ class _RaisingModule(types.ModuleType):
     """A module whose every (non-dunder) attribute read raises; submodules set on it still resolve."""
 
     def __getattr__(self, attr):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        _reach(f"{self.__name__}.{attr}")
+        _reach_attribute(self.__name__, attr)
 
 
 # ---------------------------------------------------------------------------------------------- equivalents
