@@ -24,6 +24,10 @@ from .errors import CheckpointNotFoundError, ConfigError
 FULL, SLIDING = "full", "sliding"
 SKIP_OUTPUTS = ("zero", "scaled_input")
 LAYOUTS = ("original", "hf")
+# canonical fields that Hugging Face-style configs carry under the same names (vLLM's ModelConfig, NxDI's
+# InferenceConfig and models/model_base.py read them there)
+HF_NAMED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                   "head_dim", "max_position_embeddings", "rms_norm_eps")
 
 
 @dataclass

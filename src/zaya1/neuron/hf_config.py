@@ -13,11 +13,9 @@ from __future__ import annotations
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from ..config import ZayaConfig
+from ..config import HF_NAMED_FIELDS, ZayaConfig
 
-# read by vLLM's ModelConfig / NxDI's InferenceConfig under these Hugging Face names
-CANONICAL_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                    "head_dim", "max_position_embeddings", "rms_norm_eps", "sliding_window")
+CANONICAL_FIELDS = HF_NAMED_FIELDS + ("sliding_window",)  # vLLM reads sliding_window too
 
 
 class ZayaHFConfig(PretrainedConfig):

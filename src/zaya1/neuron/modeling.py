@@ -32,7 +32,7 @@ from neuronx_distributed_inference.models.model_base import NeuronBaseModel
 from neuronx_distributed_inference.modules.generation.sampling import create_sampler
 from neuronx_distributed_inference.modules.kvcache.kv_cache_manager import KVCacheManager
 
-from ..config import ZayaConfig
+from ..config import HF_NAMED_FIELDS, ZayaConfig
 from ..errors import ConfigError
 from ..model import ZayaModel
 from ..sharding import check_tp, partition_dim
@@ -104,14 +104,12 @@ class ZayaInferenceConfig(InferenceConfig):
             self.zaya = ZayaConfig.from_pretrained(self._name_or_path).to_dict()
         zaya = self.zaya_config
         check_tp(zaya, self.neuron_config.tp_degree)
-        # the fields NxDI reads by their Hugging Face names (models/model_base.py, modules/kvcache)
-        self.hidden_size, self.vocab_size = zaya.hidden_size, zaya.vocab_size
-        self.num_hidden_layers, self.head_dim = zaya.num_hidden_layers, zaya.head_dim
-        self.num_attention_heads, self.num_key_value_heads = zaya.num_attention_heads, zaya.num_key_value_heads
-        self.max_position_embeddings, self.rms_norm_eps = zaya.max_position_embeddings, zaya.rms_norm_eps
+        # the fields NxDI reads by their Hugging Face names (models/model_base.py, modules/kvcache); not
+        # sliding_window: ZAYA1's own modules apply the window, NxDI's attention paths are not used
+        for name in HF_NAMED_FIELDS:
+            setattr(self, name, getattr(zaya, name))
         self.pad_token_id, self.bos_token_id = zaya.pad_token_id or 0, zaya.bos_token_id
-        self.eos_token_id = zaya.eos_token_id
-        self.tie_word_embeddings = zaya.tie_word_embeddings
+        self.eos_token_id, self.tie_word_embeddings = zaya.eos_token_id, zaya.tie_word_embeddings
         # read by every NxDI forward (models/model_base.py _setup_func_config)
         self.output_attentions, self.output_hidden_states = False, False
 
