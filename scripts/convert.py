@@ -18,12 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from zaya1 import ZayaForCausalLM
 from zaya1.artifacts import save_state_dict_atomic
 from zaya1.errors import run_reporting_errors
-from zaya1.sharding import check_tp, partition_dim, rank_extras, shard_tensor
+from zaya1.sharding import check_tp, neuron_state_dict, rank_state_dict
 
 
 def main(argv=None) -> int:
@@ -41,39 +39,19 @@ def convert(args) -> int:
     config, out, tp = model.config, Path(args.output), args.tp_degree
     check_tp(config, tp)
     state = model.state_dict()
+    del model  # the state dict now holds the only references to the weights
     metadata = {"zaya1_tp_degree": str(tp), "zaya1_config": config.to_json()}
     if args.format == "neuron":
-        path = save_state_dict_atomic(neuron_tensors(model, state, tp), out / "neuron_state_dict.safetensors",
-                                      metadata)
+        path = save_state_dict_atomic(neuron_state_dict(state, config, tp, consume=True),
+                                      out / "neuron_state_dict.safetensors", metadata)
         print(f"wrote {path}")
         return 0
     for rank in range(tp):  # one rank's shards at a time
-        shard = {key: shard_tensor(key, tensor, config, tp, rank) for key, tensor in state.items()}
-        path = save_state_dict_atomic(shard | rank_extras(state, config, tp, rank),
+        path = save_state_dict_atomic(rank_state_dict(state, config, tp, rank),
                                       out / f"tp{rank}_sharded_checkpoint.safetensors",
                                       metadata | {"zaya1_rank": str(rank)})
         print(f"wrote {path}")
-        del shard
     return 0
-
-
-def neuron_tensors(model, state: dict, tp: int) -> dict:
-    """zaya1.sharding.neuron_state_dict's tensors (rank slices concatenated along each partition dim),
-    freeing each of the model's tensors as soon as its concatenated copy exists."""
-    config, params = model.config, dict(model.named_parameters()) | dict(model.named_buffers())
-    extras = [rank_extras(state, config, tp, rank) for rank in range(tp)]  # read q_proj before it is freed
-    out = {}
-    for key in list(state):
-        tensor, dim = state.pop(key), partition_dim(key)
-        if dim is None or tp == 1:
-            out[key] = tensor
-            continue
-        out[key] = torch.cat([shard_tensor(key, tensor, config, tp, rank) for rank in range(tp)], dim=dim)
-        params[key].data = tensor.new_empty(0)
-        del tensor
-    for key in extras[0]:
-        out[key] = torch.cat([e[key] for e in extras], dim=partition_dim(key))
-    return out
 
 
 if __name__ == "__main__":

@@ -149,24 +149,33 @@ def rank_extras(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int
     return extras
 
 
-def rank_state_dicts(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int) -> list[dict]:
-    """Cut a canonical state dict (of the tp=1 model) into the state dicts of the ``tp`` rank models."""
+def rank_state_dict(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int, rank: int) -> dict:
+    """The state dict of rank model ``rank``, cut from a canonical state dict (of the tp=1 model)."""
     check_tp(config, tp)
-    return [{key: shard_tensor(key, tensor, config, tp, rank) for key, tensor in state_dict.items()}
-            | rank_extras(state_dict, config, tp, rank) for rank in range(tp)]
+    return ({key: shard_tensor(key, tensor, config, tp, rank) for key, tensor in state_dict.items()}
+            | rank_extras(state_dict, config, tp, rank))
 
 
-def neuron_state_dict(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int) -> dict[str, torch.Tensor]:
+def rank_state_dicts(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int) -> list[dict]:
+    """Cut a canonical state dict into the state dicts of the ``tp`` rank models."""
+    return [rank_state_dict(state_dict, config, tp, rank) for rank in range(tp)]
+
+
+def neuron_state_dict(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int,
+                      consume: bool = False) -> dict[str, torch.Tensor]:
     """One state dict whose sharded tensors are the rank slices concatenated along their partition dim, so
     that NxD's contiguous split by rank gives each rank exactly ``rank_state_dicts(...)[rank]``. Built key
-    by key, so peak memory stays near two copies of the model."""
+    by key, so peak memory stays near two copies of the model; with ``consume`` each tensor is popped from
+    ``state_dict`` once its concatenated form exists, so a caller that holds no other reference to it
+    (scripts/convert.py) needs about one model plus one tensor."""
     check_tp(config, tp)
+    extras = [rank_extras(state_dict, config, tp, rank) for rank in range(tp)]  # reads q_proj: before it goes
     out = {}
-    for key, tensor in state_dict.items():
-        dim = partition_dim(key)
+    for key in list(state_dict):
+        tensor, dim = state_dict.pop(key) if consume else state_dict[key], partition_dim(key)
         out[key] = tensor if dim is None or tp == 1 else torch.cat(
             [shard_tensor(key, tensor, config, tp, rank) for rank in range(tp)], dim=dim)
-    extras = [rank_extras(state_dict, config, tp, rank) for rank in range(tp)]
+        del tensor
     for key in extras[0]:
         out[key] = torch.cat([e[key] for e in extras], dim=partition_dim(key))
     return out
