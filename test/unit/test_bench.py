@@ -141,6 +141,12 @@ def test_bench_end_to_end_on_a_tiny_checkpoint(tmp_path, capsys):
     records = json.loads(out.read_text())
     fractions = [r[side] for r in records if "roofline" in r["metric"] for side in ("zaya1", "hf")]
     assert fractions and all(0 < f <= 1 for f in fractions)
+    hf_fraction = {(r["metric"], r["batch"]): r["hf"] for r in records if r["metric"] in ("ttft_roofline",
+                                                                                          "decode_roofline")}
+    ceilings = {(r["metric"].replace("_speedup_ceiling", "_roofline"), r["batch"]): r["zaya1"]
+                for r in records if r["metric"].endswith("_speedup_ceiling")}
+    assert set(ceilings) == set(hf_fraction)
+    assert all(ceilings[k] == pytest.approx(1 / hf_fraction[k]) and ceilings[k] >= 1 for k in ceilings)
     assert {r["metric"] for r in records} >= {"bandwidth_read_spread", "contended", "load_average_before"}
     assert {"metric", "batch", "prompt_len", "zaya1", "hf", "ratio", "unit"} <= set(records[0])
     decode = {r["batch"]: r for r in records if r["metric"] == "decode"}

@@ -71,6 +71,10 @@ def report(args, backend, table, cfg, dtype, bw, gflops, loads, runners, hf, res
             beaten.append(f"{what} {floor / seconds:.2f}")
         return min(floor / seconds, 1.0)
 
+    def ceiling(hf_fraction, what, batch, prompt_len):  # the speedup of a run at the floor
+        if hf_fraction:
+            table.add(f"{what}_speedup_ceiling", batch, prompt_len, 1 / hf_fraction, None, "x vs hf")
+
     def med(names, batch, prompt_len, attr):
         return _median([getattr(r, attr) for n in names for r in results.get((n, batch, prompt_len), [])])
 
@@ -80,8 +84,10 @@ def report(args, backend, table, cfg, dtype, bw, gflops, loads, runners, hf, res
         z, h = med(runners, batch, prompt_len, "ttft"), med(hf_names, batch, prompt_len, "ttft")
         floor = prefill_floor(cfg, batch, prompt_len, itemsize, read_gbs, gflops)["seconds"]
         table.add("ttft", batch, prompt_len, z * 1e3, h * 1e3 if h else None, "ms", higher_is_better=False)
-        table.add("ttft_roofline", batch, prompt_len, fraction(floor, z, f"zaya1 ttft b={batch}"),
-                  fraction(floor, h, f"hf ttft b={batch}"), "fraction", higher_is_better=True)
+        hf_fraction = fraction(floor, h, f"hf ttft b={batch}")
+        table.add("ttft_roofline", batch, prompt_len, fraction(floor, z, f"zaya1 ttft b={batch}"), hf_fraction,
+                  "fraction", higher_is_better=True)
+        ceiling(hf_fraction, "ttft", batch, prompt_len)
     for name in runners:
         tag = "" if name == "zaya1" else f"[{name.split('+', 1)[1]}]"
         for batch in batches:
@@ -90,8 +96,11 @@ def report(args, backend, table, cfg, dtype, bw, gflops, loads, runners, hf, res
             floor = need / (read_gbs * 1e9)  # seconds per step at the read bandwidth
             table.add(f"decode{tag}", batch, p0, batch / z if z else None, batch / h if h else None, "tok/s",
                       higher_is_better=True)
+            hf_fraction = fraction(floor, h, f"hf decode b={batch}")
             table.add(f"decode_roofline{tag}", batch, p0, fraction(floor, z, f"{name} decode b={batch}"),
-                      fraction(floor, h, f"hf decode b={batch}"), "fraction", higher_is_better=True)
+                      hf_fraction, "fraction", higher_is_better=True)
+            if not tag:
+                ceiling(hf_fraction, "decode", batch, p0)
     zaya = next(iter(runners.values()))
     z_weights = _param_bytes(zaya.model) if backend != "neuron" else None
     h_weights = _param_bytes(hf.model) if hf else None
@@ -138,6 +147,9 @@ def report(args, backend, table, cfg, dtype, bw, gflops, loads, runners, hf, res
           f"decode; on CPU it depends on the allocator: memory freed earlier is reused without growing RSS).")
     print(f"ttft_roofline: ttft_floor = max(weights read once at {read_gbs:.1f} GB/s, matmul FLOPs at "
           f"{gflops:.0f} GFLOP/s) divided by the measured TTFT.")
+    if hf:
+        print("*_speedup_ceiling: 1 / hf's roofline fraction, the speedup over transformers of a run at the floor: "
+              "no implementation can exceed it on this machine.")
     if contended:
         print("CONTENDED: " + (f"runs beat their floor ({', '.join(beaten)}): the bandwidth was measured while other "
                                f"processes used the memory, so those fractions are reported as 1; " if beaten else "")
