@@ -3,7 +3,8 @@ EOS handling and streaming, with transformers' ``generate`` arguments and genera
 
 Any model with ``config``, ``new_state(max_batch, max_seq)``, ``prefill(ids, lengths, seq_ids, state)`` and
 ``decode(ids, positions, seq_ids, state, kv_len)`` generates through ``generate``: the plain PyTorch model,
-the simulated tensor-parallel one, and the Neuron one.
+the simulated tensor-parallel one, and the Neuron one. A backend with compiled shapes may add
+``check_request(batch, prompt_lengths, max_new_tokens)``, called before anything runs.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     streamer = as_streamer(streamer)
 
     prompts = split_prompts(input_ids, attention_mask)
+    if hasattr(model, "check_request"):  # the request against the backend's compiled shapes
+        model.check_request(len(prompts), [len(p) for p in prompts], max_new_tokens)
     batch, device = len(prompts), model.device
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     longest = int(lengths.max())

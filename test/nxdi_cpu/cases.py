@@ -28,6 +28,7 @@ neuron_sdk_shims.install()
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from zaya1 import ZayaForCausalLM  # noqa: E402
+from zaya1.errors import InputError  # noqa: E402
 from zaya1.generation import teacher_forced_logits  # noqa: E402
 from zaya1.neuron import NeuronZayaForCausalLM, ZayaInferenceConfig, ZayaNeuronConfig  # noqa: E402
 
@@ -203,9 +204,19 @@ def case_odd_vocab(tp: int, root: str) -> dict:
             "last_column_vs_cpu": diff(logits[..., -1], expected[..., -1])}
 
 
+def refusal(model, prompts, **kwargs) -> str:
+    """The InputError message generate raises for this request ('' if it runs)."""
+    try:
+        model.generate(prompts, eos_token_id=[], **kwargs)
+    except InputError as e:
+        return str(e)
+    return ""
+
+
 def case_generate(tp: int, name: str = "gqa") -> dict:
     """generate as a user calls it: greedy, sampled (same seed -> same tokens as the CPU model: temperature
-    and top-p applied once, by the shared sampler), EOS stopping a row early, and streaming."""
+    and top-p applied once, by the shared sampler), EOS stopping a row early, streaming, and requests beyond
+    the compiled shapes (batch 2, seq_len 64) refused before anything runs."""
     path = golden_dir(name, "hf")
     model, cpu = neuron_model(path, tp), ZayaForCausalLM.from_pretrained(path)
     prompts = golden(name)["a_input_ids"]
@@ -220,7 +231,10 @@ def case_generate(tp: int, name: str = "gqa") -> dict:
             "sampled_equal": bool((model.generate(prompts, **sampled) == cpu.generate(prompts, **sampled)).all()),
             "eos_equal": bool(ours_eos.shape == cpu_eos.shape and (ours_eos == cpu_eos).all()),
             "eos_row_stopped": bool((ours_eos[0, n + 3:] == model.config.pad_token_id).all()),
-            "streamed_equal": bool(torch.equal(torch.stack(streamed, dim=1), ours_eos[:, n:]))}
+            "streamed_equal": bool(torch.equal(torch.stack(streamed, dim=1), ours_eos[:, n:])),
+            "refuses_beyond_seq_len": "compiled seq_len=64" in refusal(model, prompts, max_new_tokens=64),
+            "refuses_beyond_batch": "compiled batch_size=2. Split" in refusal(model, prompts.repeat(2, 1),
+                                                                                max_new_tokens=2)}
 
 
 def case_on_device_greedy(tp: int, name: str = "gqa") -> dict:

@@ -21,7 +21,7 @@ from neuronx_distributed_inference.modules.generation.sampling import prepare_sa
 from ..artifacts import MANIFEST_NAME, ArtifactManifest, check_manifest, check_request, load_manifest
 from ..checkpoint import resolve_dtype
 from ..errors import ArtifactError, InputError
-from ..generation import SamplingParams, generate, split_prompts
+from ..generation import SamplingParams, generate
 from ..model import ZayaForCausalLM
 from ..sharding import neuron_state_dict
 from .modeling import NeuronZayaModel, ZayaInferenceConfig
@@ -186,14 +186,14 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
         self._sampling = params
 
     # ------------------------------------------------------------------ generation
-    def generate(self, input_ids, attention_mask=None, **kwargs):
-        """zaya1.generation.generate on this backend (prompts checked against the compiled shapes first)."""
+    def check_request(self, batch: int, prompt_lengths: list[int], max_new_tokens: int) -> None:
+        """The prompts against the compiled shapes (zaya1.generation calls it before anything runs)."""
         if self.manifest is None:
             raise ArtifactError("the model is neither loaded nor in CPU mode: call from_compiled(...) / load(dir) "
                                 "or to_cpu() first.")
-        ids = input_ids if input_ids.dim() == 2 else input_ids[None]
-        mask = attention_mask if attention_mask is None or attention_mask.dim() == 2 else attention_mask[None]
-        prompts = split_prompts(ids, mask)
-        check_request(self.manifest, len(prompts), [len(p) for p in prompts], kwargs.get("max_new_tokens") or 1)
+        check_request(self.manifest, batch, prompt_lengths, max_new_tokens)
+
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        """zaya1.generation.generate on this backend."""
         return generate(self, input_ids, attention_mask=attention_mask, max_seq_len=self.neuron_config.seq_len,
                         **kwargs)
