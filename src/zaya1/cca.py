@@ -49,11 +49,13 @@ class ManualConv1d(nn.Module):
         if w.shape[1] == 1:  # depthwise
             out = sum(w[:, 0, k, None] * tap for k, tap in enumerate(taps))
         else:
-            group_size = channels // self.groups
-            # taps become the fastest input axis, the weight's own layout: [G, Cg, Cg * K] x [B, G, Cg * K, T']
-            stacked = torch.stack(taps, dim=2).view(batch, self.groups, group_size * self.kernel_size, out_len)
-            w = w.view(self.groups, group_size, group_size * self.kernel_size)
-            out = torch.matmul(w, stacked).view(batch, channels, out_len)
+            groups, group_size = self.groups, channels // self.groups
+            width = group_size * self.kernel_size
+            # taps become the fastest input axis, the weight's own layout, and the batch joins the columns:
+            # [G, Cg, Cg * K] x [G, Cg * K, B * T'] (a weight broadcast over B would be copied per sequence)
+            cols = torch.stack(taps, dim=2).view(batch, groups, width, out_len).permute(1, 2, 0, 3)
+            out = torch.matmul(w.view(groups, group_size, width), cols.reshape(groups, width, batch * out_len))
+            out = out.view(groups, group_size, batch, out_len).permute(2, 0, 1, 3).reshape(batch, channels, out_len)
         if self.bias is not None:
             out = out + self.bias.to(torch.float32)[:, None]
         return out.to(x.dtype)
