@@ -59,19 +59,24 @@ def unsupported_tp(name: str, tp: int) -> str | None:
     return None
 
 
-def compile_argv(model_path: Path, out: Path, tp: int, settings: dict) -> list[str]:
-    """``zaya1 compile`` arguments for these settings (True -> a bare flag)."""
-    argv = ["--model-path", str(model_path), "--compiled-model-path", str(out), "--tp-degree", str(tp)]
+def setting_flags(tp: int, settings: dict) -> list[str]:
+    """The ``zaya1 compile`` flags of these settings (True -> a bare flag)."""
+    argv = ["--tp-degree", str(tp)]
     for key, value in sorted(settings.items()):
         flag = "--" + key.replace("_", "-")
         argv += [flag] if value is True else [flag, str(value)]
     return argv
 
 
+def compile_argv(model_path: Path, out: Path, tp: int, settings: dict) -> list[str]:
+    """``zaya1 compile`` arguments: the paths, then the settings' flags."""
+    return ["--model-path", str(model_path), "--compiled-model-path", str(out)] + setting_flags(tp, settings)
+
+
 def artifacts_key(model_path: Path, tp: int, settings: dict) -> str:
     """Directory name for cached artifacts: the settings, the checkpoint's fingerprint and the zaya1 / Neuron
     SDK versions, so a changed checkpoint or SDK compiles anew instead of being refused at load."""
-    what = {"settings": compile_argv(Path("."), Path("."), tp, settings)[4:],
+    what = {"settings": setting_flags(tp, settings),
             "checkpoint": fingerprint_checkpoint(model_path), "zaya1": __version__, "sdk": neuron_sdk_versions()}
     digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
     return f"{Path(model_path).resolve().name}-tp{tp}-{digest}"
