@@ -152,6 +152,8 @@ def rank_extras(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int
 def rank_state_dict(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int, rank: int) -> dict:
     """The state dict of rank model ``rank``, cut from a canonical state dict (of the tp=1 model)."""
     check_tp(config, tp)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < tp:
+        raise ConfigError(f"rank={rank!r} is not a rank of tp_degree={tp}; use 0 to {tp - 1}.")
     return ({key: shard_tensor(key, tensor, config, tp, rank) for key, tensor in state_dict.items()}
             | rank_extras(state_dict, config, tp, rank))
 

@@ -233,6 +233,7 @@ def case_generate(tp: int, name: str = "gqa") -> dict:
             "eos_row_stopped": bool((ours_eos[0, n + 3:] == model.config.pad_token_id).all()),
             "streamed_equal": bool(torch.equal(torch.stack(streamed, dim=1), ours_eos[:, n:])),
             "refuses_beyond_seq_len": "compiled seq_len=64" in refusal(model, prompts, max_new_tokens=64),
+            "refuses_max_length_beyond_seq_len": "compiled seq_len=64" in refusal(model, prompts, max_length=n + 60),
             "refuses_beyond_batch": "compiled batch_size=2. Split" in refusal(model, prompts.repeat(2, 1),
                                                                                 max_new_tokens=2)}
 

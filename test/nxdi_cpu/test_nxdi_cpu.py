@@ -41,7 +41,8 @@ def check(name: str, r: dict) -> None:
         assert r["vocab_size"] % 2 == 1 and r["vs_cpu"] <= TOL and r["last_column_vs_cpu"] <= TOL, r
     elif name == "generate":
         assert all(r[k] for k in ("greedy_equal", "sampled_equal", "eos_equal", "eos_row_stopped",
-                                  "streamed_equal", "refuses_beyond_seq_len", "refuses_beyond_batch")), r
+                                  "streamed_equal", "refuses_beyond_seq_len", "refuses_max_length_beyond_seq_len",
+                                  "refuses_beyond_batch")), r
     elif name == "on_device_greedy":
         assert r["tokens_equal"], r
     elif name == "on_device_sampling":

@@ -10,7 +10,7 @@ import torch
 
 import zaya1
 from zaya1 import simulated_tp
-from zaya1.sharding import neuron_state_dict, rank_state_dicts, split_neuron_state_dict
+from zaya1.sharding import neuron_state_dict, rank_state_dict, rank_state_dicts, split_neuron_state_dict
 from zaya1.simulated_tp import SimulatedTP
 from zaya_testlib import TOL, max_diff
 
@@ -100,3 +100,9 @@ def test_neuron_state_dict_round_trip(base, tp):
 def test_unsupported_tp_is_rejected(base, tp):
     with pytest.raises(zaya1.ConfigError, match="tp_degree"):
         simulated_tp.from_pretrained(base.path, tp_degree=tp)
+
+
+@pytest.mark.parametrize("rank", [-1, 2, 1.0])
+def test_rank_outside_tp_is_rejected(base, rank):
+    with pytest.raises(zaya1.ConfigError, match=rf"rank={rank!r} is not a rank of tp_degree=2; use 0 to 1\."):
+        rank_state_dict(base.ours.state_dict(), base.ours.config, 2, rank)

@@ -16,9 +16,9 @@ class Table:
     backend: str
     records: list = field(default_factory=list)
 
-    def add(self, metric: str, batch, prompt_len, zaya1, hf, unit: str, higher_is_better: bool | None = None):
+    def add(self, metric: str, batch, prompt_len, zaya1, hf, unit: str, higher_is_better: bool | None = None,
+            speedup: float | None = None):
         ratio = zaya1 / hf if zaya1 is not None and hf not in (None, 0) else None
-        speedup = None
         if ratio is not None and higher_is_better is not None and ratio != 0:
             speedup = ratio if higher_is_better else 1 / ratio
         self.records.append({"metric": metric, "batch": batch, "prompt_len": prompt_len, "zaya1": zaya1, "hf": hf,
@@ -72,8 +72,8 @@ def report(args, backend, table, cfg, dtype, bw, gflops, loads, runners, hf, res
         return min(floor / seconds, 1.0)
 
     def ceiling(hf_fraction, what, batch, prompt_len):  # the speedup of a run at the floor
-        if hf_fraction:
-            table.add(f"{what}_speedup_ceiling", batch, prompt_len, 1 / hf_fraction, None, "x vs hf")
+        if hf_fraction and hf_fraction < 1:  # (a fraction of 1 is a run that beat its floor: contended)
+            table.add(f"{what}_speedup_ceiling", batch, prompt_len, None, None, "x vs hf", speedup=1 / hf_fraction)
 
     def med(names, batch, prompt_len, attr):
         return _median([getattr(r, attr) for n in names for r in results.get((n, batch, prompt_len), [])])
@@ -148,8 +148,8 @@ def report(args, backend, table, cfg, dtype, bw, gflops, loads, runners, hf, res
     print(f"ttft_roofline: ttft_floor = max(weights read once at {read_gbs:.1f} GB/s, matmul FLOPs at "
           f"{gflops:.0f} GFLOP/s) divided by the measured TTFT.")
     if hf:
-        print("*_speedup_ceiling: 1 / hf's roofline fraction, the speedup over transformers of a run at the floor: "
-              "no implementation can exceed it on this machine.")
+        print("*_speedup_ceiling: 1 / hf's roofline fraction, the speedup over transformers of a run at the measured "
+              "floor: the most any implementation could gain in this run.")
     if contended:
         print("CONTENDED: " + (f"runs beat their floor ({', '.join(beaten)}): the bandwidth was measured while other "
                                f"processes used the memory, so those fractions are reported as 1; " if beaten else "")
