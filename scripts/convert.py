@@ -21,7 +21,7 @@ from pathlib import Path
 from zaya1 import ZayaForCausalLM
 from zaya1.artifacts import save_state_dict_atomic
 from zaya1.errors import run_reporting_errors
-from zaya1.sharding import check_tp, neuron_state_dict, rank_state_dict
+from zaya1.sharding import neuron_state_dict, rank_state_dict
 
 
 def main(argv=None) -> int:
@@ -37,7 +37,6 @@ def main(argv=None) -> int:
 def convert(args) -> int:
     model = ZayaForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
     config, out, tp = model.config, Path(args.output), args.tp_degree
-    check_tp(config, tp)
     state = model.state_dict()
     del model  # the state dict now holds the only references to the weights
     metadata = {"zaya1_tp_degree": str(tp), "zaya1_config": config.to_json()}

@@ -12,7 +12,6 @@ import torch
 
 from . import __version__, bench, compile_cli
 from . import cost as cost_module
-from .bench.runners import upstream_transformers
 from .checkpoint import resolve_device
 from .errors import InputError, run_reporting_errors
 from .generation_config import eos_ids
@@ -184,10 +183,6 @@ def run_generate(args) -> int:
     return 0
 
 
-def run_bench(args) -> int:
-    if not args.no_hf:
-        upstream_transformers()  # fails fast, before the synthetic checkpoint is written
-    return bench.run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     cost_module.add_arguments(sub.add_parser("cost", help="Trainium2 cost model of the lowered graphs (torch-xla)"))
     sub.add_parser("compile", help="compile for Trainium2 (zaya1 compile --help)", add_help=False)
     args = parser.parse_args(argv)
-    runs = {"generate": run_generate, "bench": run_bench, "cost": cost_module.run}
+    runs = {"generate": run_generate, "bench": bench.run, "cost": cost_module.run}
     return run_reporting_errors("zaya1", runs[args.command], args)
 
 

@@ -101,7 +101,8 @@ def kernel_mode() -> str:
     if EMULATED_BF16:
         return "fast (zaya1 kernels: torch.mv decode, fp32 sgemm prefill; this CPU emulates bf16 in oneDNN)"
     if NATIVE_BF16:
-        return "fast native (torch.mv at 1 row, oneDNN weight @ x^T up to 16 rows, F.linear on the bf16 units above)"
+        return (f"fast native (torch.mv at 1 row, oneDNN weight @ x^T up to {SWAPPED_MAX_ROWS} rows, F.linear on "
+                f"the bf16 units above)")
     return "F.linear (no x86 bf16 features detected)"
 
 

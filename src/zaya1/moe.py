@@ -96,28 +96,19 @@ class ZayaRouter(nn.Module):
     def forward(self, u: torch.Tensor, prev_state: torch.Tensor | None):
         """u [..., H] -> expert index [...] (num_experts = skip), route weight [...], router state [..., R]
         (fp32 when ``fp32_internals``: the MLP then runs in fp32 on fp32 copies of its small weights)."""
-        if fp32_internals(u):
-            return self._forward_fp32(u, prev_state)
-        state = self.down_proj(u)
-        if self.states_scale is not None and prev_state is not None:
-            state = state + prev_state * self.states_scale.to(state.dtype)  # NxDI keeps "*scale" params fp32
-        h = F.gelu(self.fc1(self.norm(state)))
-        probs = torch.softmax(self.out_proj(F.gelu(self.fc2(h))), dim=-1)
-        choice = torch.argmax(probs.to(torch.float32) + self.balancing_biases, dim=-1)  # lowest index on ties
-        weight = probs.gather(-1, choice[..., None])[..., 0]
-        return choice, weight, state
+        wide = fp32_internals(u)
 
-    def _forward_fp32(self, u: torch.Tensor, prev_state: torch.Tensor | None):
         def lin(layer, x):
+            if not wide:
+                return layer(x)
             return F.linear(x, layer.weight.float(), None if layer.bias is None else layer.bias.float())
 
-        state = lin(self.down_proj, u.float())
-        if self.states_scale is not None and prev_state is not None:
-            state = state + prev_state.float() * self.states_scale.float()
-        norm = self.norm
-        normed = norm.weight.float() * (state * torch.rsqrt(state.pow(2).mean(-1, keepdim=True) + norm.eps))
-        probs = torch.softmax(lin(self.out_proj, F.gelu(lin(self.fc2, F.gelu(lin(self.fc1, normed))))), dim=-1)
-        choice = torch.argmax(probs + self.balancing_biases, dim=-1)
+        state = lin(self.down_proj, u.float() if wide else u)
+        if self.states_scale is not None and prev_state is not None:  # NxDI keeps "*scale" params fp32
+            state = state + prev_state.to(state.dtype) * self.states_scale.to(state.dtype)
+        h = F.gelu(lin(self.fc1, self.norm(state)))
+        probs = torch.softmax(lin(self.out_proj, F.gelu(lin(self.fc2, h))), dim=-1)
+        choice = torch.argmax(probs.to(torch.float32) + self.balancing_biases, dim=-1)  # lowest index on ties
         weight = probs.gather(-1, choice[..., None])[..., 0].to(u.dtype)
         return choice, weight, state
 

@@ -10,7 +10,7 @@ import torch
 
 from .config import ZayaConfig
 from .generation import generate
-from .model import ZayaForCausalLM
+from .model import ZayaForCausalLM, ZayaState
 from .sharding import check_tp, rank_heads, rank_state_dicts
 
 
@@ -140,11 +140,10 @@ def describe_plan(config: ZayaConfig, tp: int, batch_size: int, seq_len: int, dt
     check_tp(config, tp)
     with torch.device("meta"):
         rank_model = ZayaForCausalLM(config, ThreadComm(_ThreadGroup(tp), 0)).to(dtype)
-    item = torch.empty((), dtype=dtype).element_size()
     weights = sum(p.numel() * p.element_size() for p in rank_model.parameters())
-    shard, d, layers = rank_model.model.shard, config.head_dim, config.num_hidden_layers
-    kv = 2 * layers * batch_size * shard.kv_heads * seq_len * d * item
-    state = layers * batch_size * ((shard.q_heads + shard.kv_heads) * d * config.conv_state_len + shard.kv_heads * d) * item
+    cache = ZayaState(rank_model.model, batch_size, seq_len)  # on the meta device: shapes, no memory
+    kv = cache.nbytes_per_token() * batch_size * seq_len
+    state = cache.nbytes_per_sequence() * batch_size
     attn = rank_model.model.layers[0].self_attn
     experts = rank_model.model.layers[0].mlp.experts
     q_heads, kv_heads = rank_heads(config, tp, 0)

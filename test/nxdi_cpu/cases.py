@@ -32,16 +32,21 @@ from zaya1.errors import InputError  # noqa: E402
 from zaya1.generation import teacher_forced_logits  # noqa: E402
 from zaya1.neuron import NeuronZayaForCausalLM, ZayaInferenceConfig, ZayaNeuronConfig  # noqa: E402
 
+ROOT = HERE.parents[1]
 GOLDEN = HERE.parent / "data" / "golden"
+TOL = 1e-4  # max |dlogit| in float32
 
 
-def child_env(**extra) -> dict[str, str]:
-    """The environment for a subprocess that runs NxDI: CPU PJRT and a free rendezvous port of its own (this
-    process may hold a gloo group on MASTER_PORT already, and NxDI's to_cpu() binds 29500 by default)."""
+def child_env(*paths: str | Path, **extra) -> dict[str, str]:
+    """The environment for a subprocess that runs NxDI: CPU PJRT, a free rendezvous port of its own (this
+    process may hold a gloo group on MASTER_PORT already, and NxDI's to_cpu() binds 29500 by default), and
+    PYTHONPATH = ``paths``, the repository's src, then the inherited PYTHONPATH."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return dict(os.environ, PJRT_DEVICE="CPU", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **extra)
+    path = os.pathsep.join(str(p) for p in (*paths, ROOT / "src", os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PJRT_DEVICE="CPU", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONPATH=path,
+                **extra)
 
 
 def golden_dir(name: str, layout: str) -> Path:

@@ -14,8 +14,7 @@ import cases  # noqa: E402
 import neuron_sdk_shims  # noqa: E402
 import torch  # noqa: E402
 
-TOL = 1e-4
-ROOT = Path(__file__).resolve().parents[2]
+TOL, ROOT = cases.TOL, cases.ROOT
 ARTIFACTS = Path(os.environ.get("ZAYA1_TEST_ARTIFACTS", ROOT / "out" / "nxdi-cpu"))
 # the tiny golden model has one query head; NxDI's CPU mode samples on device from each rank's vocabulary shard
 # at tp > 1 (its Sampler's cross-rank reduction exists only on Neuron), so on-device sampling is checked at tp 1
@@ -72,7 +71,7 @@ def test_tp1(name, tmp_path_factory):
 def tp2_results(tmp_path_factory) -> dict:
     """All tp-2 cases in one ``torchrun --nproc-per-node 2`` (NxDI's CPU mode initialises gloo once per process)."""
     tmp = tmp_path_factory.mktemp("tp2")
-    env = cases.child_env(PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    env = cases.child_env()
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                           "--master-addr", "127.0.0.1", "--master-port", env["MASTER_PORT"], str(Path(cases.__file__)),
                           "--tp", "2", "--cases", ",".join(TP2_CASES), "--root", str(tmp), "--out",
@@ -108,7 +107,7 @@ def test_check_accuracy_script_end_to_end(tmp_path):
     script = ROOT / "scripts" / "check_accuracy.py"
     code = ("import sys, runpy, neuron_sdk_shims; neuron_sdk_shims.install(); "
             f"sys.argv = [{str(script)!r}] + sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
-    env = cases.child_env(PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(Path(cases.__file__).parent / "shims")]))
+    env = cases.child_env(cases.HERE / "shims")
     run = subprocess.run([sys.executable, "-W", "ignore", "-c", code, "--model-path",
                           str(cases.golden_dir("gqa", "original")), "--cpu-mode", "--prompt-ids",
                           ",".join(map(str, golden)), "--num-tokens", "10", "--json", str(report)],

@@ -20,20 +20,18 @@ import runpy
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from unittest import mock
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-GOLDEN = ROOT / "test" / "data" / "golden" / "zaya1-original-gqa"
-LAYOUTS = {"original": GOLDEN, "hf": GOLDEN / "hf-layout"}
-TOL = 1e-4
 PLUGIN = "zaya1=zaya1.neuron.vllm_plugin:register"
 
 pytest.importorskip("neuronx_distributed_inference", reason="needs NxD + NxDI installed (the nxdi-cpu venv, see "
                                                             "test/nxdi_cpu)")
-import cases  # noqa: E402  (child_env)
+import cases  # noqa: E402
+
+ROOT, TOL = cases.ROOT, cases.TOL
+LAYOUTS = {layout: cases.golden_dir("gqa", layout) for layout in ("original", "hf")}
 
 SHIMS = """
 sys.path.insert(0, "test/nxdi_cpu/shims")
@@ -96,9 +94,8 @@ def run(body: str, shims: bool = True, extra_path: str = "", timeout: int = 900)
     ``result`` (JSON-able), which comes back."""
     code = "import json, sys, types, warnings\n" + (SHIMS if shims else "registry = None\n") + textwrap.dedent(body)
     code += "\nprint('RESULT ' + json.dumps(dict(result, registry=registry)))\n"
-    path = os.pathsep.join(p for p in (extra_path, str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
     proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          env=cases.child_env(PYTHONPATH=path), timeout=timeout)
+                          env=cases.child_env(extra_path), timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
     result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("RESULT ")][-1][7:])
     print(f"registry: {result['registry']}")

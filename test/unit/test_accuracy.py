@@ -16,18 +16,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zaya1 import ZayaForCausalLM, kernels
+from zaya1 import ZayaForCausalLM
 from zaya1.bench.synthetic import write_synthetic_checkpoint
 
-transformers = pytest.importorskip("transformers")
+from zaya_testlib import force_bf16_path, upstream
+
 pytestmark = [pytest.mark.usefixtures("inference"), pytest.mark.slow]  # ~1-4 min on 2 cores; CI runs it
 
 PROMPT, STEPS = 128, 256
 
 
-def load_hf(path, dtype):
+def hf_model(path, dtype):
     # transformers' defaults (sdpa attention, its default experts implementation): the path users get
-    return transformers.ZayaForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+    return upstream().ZayaForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +40,10 @@ def reference(tmp_path_factory):
     with torch.inference_mode():
         seq = ZayaForCausalLM.from_pretrained(path, dtype=torch.float32).generate(
             prompt, max_new_tokens=STEPS, eos_token_id=[])
-        logits = load_hf(path, torch.float32)(seq).logits[0]
+        logits = hf_model(path, torch.float32)(seq).logits[0]
         ref_prompt, ref_top1 = logits[:PROMPT].clone(), logits[PROMPT - 1:-1].argmax(-1)
         del logits
-        hf = load_hf(path, torch.bfloat16)
+        hf = hf_model(path, torch.bfloat16)
         hf_logits = hf(seq).logits[0].float()
         hf_figures = ((hf_logits[:PROMPT] - ref_prompt).abs().max().item(),
                       (hf_logits[PROMPT - 1:-1].argmax(-1) == ref_top1).sum().item())
@@ -50,8 +51,13 @@ def reference(tmp_path_factory):
     return path, seq, ref_prompt, ref_top1, hf_figures
 
 
-def zaya1_figures(path, seq, ref_prompt, ref_top1) -> tuple[float, int]:
-    model = ZayaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+@pytest.fixture(scope="module")
+def zaya1_bf16(reference):
+    """zaya1 in bf16, loaded once: the kernel flags are read at each call, so every path runs on it."""
+    return ZayaForCausalLM.from_pretrained(reference[0], dtype=torch.bfloat16)
+
+
+def zaya1_figures(model, seq, ref_prompt, ref_top1) -> tuple[float, int]:
     with torch.inference_mode():
         max_dlogit = (model(seq[:, :PROMPT]).logits[0] - ref_prompt).abs().max().item()
         state, rows = model.new_state(1, PROMPT + STEPS), torch.zeros(1, dtype=torch.long)
@@ -62,13 +68,11 @@ def zaya1_figures(path, seq, ref_prompt, ref_top1) -> tuple[float, int]:
 
 
 @pytest.mark.parametrize("path_kind", ["default", "emulated-bf16-kernels", "native-bf16-kernels"])
-def test_bf16_at_least_as_close_to_float32_as_transformers(reference, report, monkeypatch, path_kind):
-    path, seq, ref_prompt, ref_top1, (hf_dlogit, hf_agree) = reference
-    if path_kind != "default":  # the other kind of CPU's path, forced
-        monkeypatch.setattr(kernels, "EMULATED_BF16", path_kind == "emulated-bf16-kernels")
-        monkeypatch.setattr(kernels, "NATIVE_BF16", path_kind == "native-bf16-kernels")
-    monkeypatch.setattr(kernels, "EXACT", False)
-    dlogit, agree = zaya1_figures(path, seq, ref_prompt, ref_top1)
+def test_bf16_at_least_as_close_to_float32_as_transformers(reference, zaya1_bf16, report, monkeypatch, path_kind):
+    _, seq, ref_prompt, ref_top1, (hf_dlogit, hf_agree) = reference
+    # "default": this CPU's path; the others: that kind of CPU's path, forced
+    force_bf16_path(monkeypatch, {"default": None, "native-bf16-kernels": True}.get(path_kind, False))
+    dlogit, agree = zaya1_figures(zaya1_bf16, seq, ref_prompt, ref_top1)
     report(f"real-width bf16 ({path_kind}) max |dlogit| vs fp32, zaya1", dlogit)
     report("real-width bf16 max |dlogit| vs fp32, transformers", hf_dlogit)
     report(f"real-width bf16 ({path_kind}) top-1 agreement /{STEPS}, zaya1", agree)

@@ -11,7 +11,7 @@ from zaya1.bench import main
 from zaya1.bench.measure import decode_bytes
 from zaya1.bench.synthetic import synthetic_hf_config
 from zaya1.config import ZayaConfig
-from zaya_testlib import upstream
+from zaya_testlib import force_bf16_path, upstream
 
 ROOT = Path(__file__).parents[2]
 TINY_HF = ROOT / "test" / "data" / "golden" / "zaya1-original-tiny" / "hf-layout"
@@ -20,19 +20,14 @@ TINY_HF = ROOT / "test" / "data" / "golden" / "zaya1-original-tiny" / "hf-layout
 @pytest.fixture
 def emulated(monkeypatch):
     """The default path of a CPU without native bf16 (AVX2-only or AVX-512 without bf16), on any CPU."""
-    monkeypatch.setattr(kernels, "EMULATED_BF16", True)
-    monkeypatch.setattr(kernels, "NATIVE_BF16", False)
-    monkeypatch.setattr(kernels, "EXACT", False)
+    force_bf16_path(monkeypatch, native=False)
 
 
 @pytest.fixture(params=["emulated", "native"])
 def fast_path(request, monkeypatch):
     """Either fast path, on any CPU: emulated-bf16 kernels, or native (mv / swapped GEMM / F.linear). On a
     CPU without bf16 units the native path's products are oneDNN's emulated ones: same numerics."""
-    native = request.param == "native"
-    monkeypatch.setattr(kernels, "EMULATED_BF16", not native)
-    monkeypatch.setattr(kernels, "NATIVE_BF16", native)
-    monkeypatch.setattr(kernels, "EXACT", False)
+    force_bf16_path(monkeypatch, native=request.param == "native")
 
 
 CPUINFO = "model name\t: {model}\nflags\t\t: fpu sse2 avx {flags}\n"
@@ -58,12 +53,9 @@ def test_cpu_features_choose_the_kernels(model, flags, env, native):
 def test_exact_switch_selects_f_linear(emulated):
     weight, x = torch.randn(300, 64).bfloat16(), torch.randn(3, 64).bfloat16()
     assert kernels.use_cpu_bf16_kernels(x, weight)
-    kernels.use_exact_kernels()
-    try:
-        assert not kernels.use_cpu_bf16_kernels(x, weight) and "exact" in kernels.kernel_mode()
-        assert torch.equal(kernels.linear(x, weight), F.linear(x, weight))
-    finally:
-        kernels.use_exact_kernels(False)
+    kernels.use_exact_kernels()  # undone by the fixture's monkeypatch of EXACT
+    assert not kernels.use_cpu_bf16_kernels(x, weight) and "exact" in kernels.kernel_mode()
+    assert torch.equal(kernels.linear(x, weight), F.linear(x, weight))
 
 
 @pytest.mark.parametrize("rows", [1, 3, kernels.FP32_MIN_ROWS, kernels.SWAPPED_MAX_ROWS, 40])

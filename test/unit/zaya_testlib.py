@@ -29,6 +29,17 @@ GOLDEN_SETS = ("zaya1-original-tiny", "zaya1-original-gqa")
 TOL = 1e-4  # max |dlogit| in float32, against upstream transformers or the golden data
 
 
+def force_bf16_path(monkeypatch, native: bool | None) -> None:
+    """Run zaya1's fast bf16 CPU path of a CPU with native bf16 (True) or without (False, the emulated-bf16
+    kernels), on any CPU; None: this CPU's own. The exact switch is off either way."""
+    from zaya1 import kernels
+
+    if native is not None:
+        monkeypatch.setattr(kernels, "EMULATED_BF16", not native)
+        monkeypatch.setattr(kernels, "NATIVE_BF16", native)
+    monkeypatch.setattr(kernels, "EXACT", False)
+
+
 def upstream():
     """The ``transformers`` module holding upstream ZAYA1 (>= 5.23), else skip the calling test saying why."""
     try:

@@ -27,9 +27,10 @@ import torch
 from .. import kernels
 from ..checkpoint import DTYPES
 from ..config import ZayaConfig
-from .measure import Bandwidth, describe_machine, load_average, machine_info, measure_matmul_peak
-from .report import Table, report
-from .runners import HFRunner, NeuronRunner, Runner, ZayaRunner, neuron_available, routing_summary
+from .measure import Bandwidth, describe_machine, load_average, measure_matmul_peak
+from .report import Table, jobs, report
+from .runners import (HFRunner, NeuronRunner, Runner, ZayaRunner, neuron_available, routing_summary,
+                      upstream_transformers)
 from .synthetic import synthetic_checkpoint
 
 
@@ -103,6 +104,8 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
+    if not args.no_hf:
+        upstream_transformers()  # fails fast, before anything is measured or written
     if args.quick:
         args.batches, args.new_tokens, args.repeats = ("1,4" if args.batches == "1,4,8" else args.batches,
                                                        min(args.new_tokens, 8), min(args.repeats, 2))
@@ -113,7 +116,7 @@ def _run(args) -> int:
     backends, skipped = _backends(args.backends)
     for line in skipped:
         print(line)
-    print(describe_machine(machine_info()))
+    print(describe_machine())
 
     keep = None
     if args.model:
@@ -145,7 +148,6 @@ def _bench_backend(args, backend, path, cfg, dtype, prompt_lens, batches) -> Tab
     from tqdm.auto import tqdm
 
     device = "cuda" if backend == "cuda" else "cpu"
-    table = Table(backend)
     load = load_average()
     if load is not None:
         busy = " (other processes are using the CPU: expect noisy timings)" if load > 0.5 else ""
@@ -171,17 +173,17 @@ def _bench_backend(args, backend, path, cfg, dtype, prompt_lens, batches) -> Tab
     hf = None
     if not args.no_hf and backend != "neuron":
         hf = HFRunner(path, dtype, device, args.hf_attn, args.hf_experts)
-        print(f"[{backend}] transformers {__import__('transformers').__version__}: ZayaForCausalLM, "
+        print(f"[{backend}] transformers {hf.version}: ZayaForCausalLM, "
               f"attn_implementation={hf.attn}, experts_implementation={hf.experts}, {args.dtype}, its own "
               f"generate() and DynamicCache")
     impls = list(runners.items()) + ([("hf", hf)] if hf else [])
 
     gen = torch.Generator().manual_seed(args.seed + 1)
-    jobs = [(1, p) for p in prompt_lens] + [(b, prompt_lens[0]) for b in batches if b != 1]
+    timed = jobs(prompt_lens, batches)
     results: dict = {}
-    total = len(jobs) * (args.repeats + 1) * len(impls)
+    total = len(timed) * (args.repeats + 1) * len(impls)
     with tqdm(total=total, desc=f"{backend} bench", unit="run", leave=False) as bar:
-        for batch, prompt_len in jobs:
+        for batch, prompt_len in timed:
             ids = torch.randint(3, cfg.vocab_size, (batch, prompt_len), generator=gen)
             new = args.new_tokens if (batch in batches and prompt_len == prompt_lens[0]) else 2
             for rep in range(args.repeats + 1):  # repeat 0 is the warm-up
@@ -195,7 +197,7 @@ def _bench_backend(args, backend, path, cfg, dtype, prompt_lens, batches) -> Tab
     loads = (load, load_average())
     if load is not None:
         print(f"[{backend}] 1-minute load average after the run: {loads[1]:.2f}")
-    return report(args, backend, table, cfg, dtype, bw, gflops, loads, runners, hf, results, prompt_lens, batches)
+    return report(args, backend, cfg, dtype, bw, gflops, loads, runners, hf, results, prompt_lens, batches)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,25 +19,23 @@ from .. import kernels
 from ..config import ZayaConfig
 
 
-def machine_info() -> dict:
+def describe_machine() -> str:
     """The CPU (model, the ISA flags that matter for bf16 matmuls, torch's capability, whether oneDNN has
-    native bf16), the kernels zaya1 runs on it, and the software."""
+    native bf16), the kernels zaya1 runs on it, and the software, as one line."""
     ram = None
     with contextlib.suppress(OSError, AttributeError):
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        ram = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)
     cpu = kernels.CPU
-    return {"cpu": cpu["model"], "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "ram_gib": round(ram / 2 ** 30, 1) if ram else None, "isa": cpu["isa"],
-            "torch_capability": cpu["torch"], "onednn_cap": cpu["onednn_cap"], "native_bf16": cpu["native_bf16"],
-            "kernels": kernels.kernel_mode(), "torch": torch.__version__, "python": platform.python_version()}
+    cap = f", ONEDNN_MAX_CPU_ISA={cpu['onednn_cap']}" if cpu["onednn_cap"] else ""
+    return (f"machine: {cpu['model']}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), {ram} GiB "
+            f"RAM; CPU features {'/'.join(cpu['isa']) or '-'}, torch capability {cpu['torch']}{cap}, "
+            f"native bf16 {'yes' if cpu['native_bf16'] else 'no'}; zaya1 kernels: {kernels.kernel_mode()}; "
+            f"torch {torch.__version__}, python {platform.python_version()}")
 
 
-def describe_machine(info: dict) -> str:
-    cap = f", ONEDNN_MAX_CPU_ISA={info['onednn_cap']}" if info["onednn_cap"] else ""
-    return (f"machine: {info['cpu']}, {info['cores']} cores ({info['threads']} torch threads), {info['ram_gib']} GiB "
-            f"RAM; CPU features {'/'.join(info['isa']) or '-'}, torch capability {info['torch_capability']}{cap}, "
-            f"native bf16 {'yes' if info['native_bf16'] else 'no'}; zaya1 kernels: {info['kernels']}; "
-            f"torch {info['torch']}, python {info['python']}")
+def sync_for(device: str):
+    """What waits for the device's queued work: torch.cuda.synchronize on cuda, nothing on CPU."""
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
 
 def _timed(fn, repeats: int, sync) -> list[float]:
@@ -62,8 +60,7 @@ class Bandwidth:
     weights, so the best observed pass counts (other processes only ever lower it)."""
 
     def __init__(self, nbytes: int = 1 << 30, device: str = "cpu"):
-        self.device, self.nbytes = device, nbytes
-        self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        self.nbytes, self.sync = nbytes, sync_for(device)
         self.src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
         self.matrix = self.src.view(torch.bfloat16).view(-1, 2048)  # the same bytes as bf16 rows
         self.vector = torch.ones(2048, dtype=torch.bfloat16, device=device)
@@ -76,12 +73,11 @@ class Bandwidth:
         self.sample(repeats)
         return self
 
-    def sample(self, repeats: int = 2) -> float:
+    def sample(self, repeats: int = 2) -> None:
         """One read-bandwidth sample (GB/s, the best of ``repeats`` passes of each kernel)."""
         best = min(min(_timed(lambda: self.src.sum(), repeats, self.sync)),
                    min(_timed(lambda: torch.mv(self.matrix, self.vector), repeats, self.sync)))
         self.samples.append(self.nbytes / best / 1e9)
-        return self.samples[-1]
 
     @property
     def read_gbs(self) -> float:
@@ -96,7 +92,7 @@ def measure_matmul_peak(size: int = 2048, repeats: int = 5, device: str = "cpu",
                         dtypes: tuple = (torch.float32,)) -> float:
     """The best GEMM throughput (GFLOP/s) of a size^3 product over ``dtypes`` (median of ``repeats`` each): the
     compute ceiling of the prefill floor (fp32 sgemm where bf16 is emulated, bf16 on bf16 units)."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync = sync_for(device)
     best = 0.0
     for dtype in dtypes:
         a = torch.randn(size, size, device=device).to(dtype)

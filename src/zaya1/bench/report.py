@@ -55,14 +55,23 @@ def _param_bytes(model) -> int:
     return total
 
 
-def report(args, backend, table, cfg, dtype, bw, gflops, loads, runners, hf, results, prompt_lens,
-           batches) -> Table:
-    """Add the records of one backend to ``table`` and print it. Roofline fractions use the highest read
+def jobs(prompt_lens: list[int], batches: list[int]) -> list[tuple[int, int]]:
+    """(batch, prompt length) of every timed generate: each prompt length at batch 1, then the other batches
+    at the first length (where decode is measured)."""
+    return [(1, p) for p in prompt_lens] + [(b, prompt_lens[0]) for b in batches if b != 1]
+
+
+def report(args, backend, cfg, dtype, bw, gflops, loads, runners, hf, results, prompt_lens, batches) -> Table:
+    """The records of one backend, printed. Roofline fractions use the highest read
     bandwidth observed (at start-up or between the runs); a run that still beats its floor means the
     bandwidth was measured under contention: the fraction is then reported as 1 and the run flagged."""
+    table = Table(backend)
     itemsize = torch.empty((), dtype=dtype).element_size()
     mb, p0 = 1 / 2 ** 20, prompt_lens[0]
     read_gbs, beaten = bw.read_gbs, []
+    floors = {job: prefill_floor(cfg, *job, itemsize, read_gbs, gflops) for job in jobs(prompt_lens, batches)}
+    step_bytes = {b: decode_bytes(cfg, b, p0 + args.new_tokens // 2, itemsize)["total"]  # mean context
+                  for b in batches}
 
     def fraction(floor, seconds, what):
         if not seconds:
@@ -80,9 +89,9 @@ def report(args, backend, table, cfg, dtype, bw, gflops, loads, runners, hf, res
 
     hf_names = ["hf"] if hf else []
     # prefill is the same eager code in every zaya1 variant: their TTFT samples are pooled
-    for batch, prompt_len in [(1, p) for p in prompt_lens] + [(b, p0) for b in batches if b != 1]:
+    for batch, prompt_len in floors:
         z, h = med(runners, batch, prompt_len, "ttft"), med(hf_names, batch, prompt_len, "ttft")
-        floor = prefill_floor(cfg, batch, prompt_len, itemsize, read_gbs, gflops)["seconds"]
+        floor = floors[batch, prompt_len]["seconds"]
         table.add("ttft", batch, prompt_len, z * 1e3, h * 1e3 if h else None, "ms", higher_is_better=False)
         hf_fraction = fraction(floor, h, f"hf ttft b={batch}")
         table.add("ttft_roofline", batch, prompt_len, fraction(floor, z, f"zaya1 ttft b={batch}"), hf_fraction,
@@ -92,8 +101,7 @@ def report(args, backend, table, cfg, dtype, bw, gflops, loads, runners, hf, res
         tag = "" if name == "zaya1" else f"[{name.split('+', 1)[1]}]"
         for batch in batches:
             z, h = med([name], batch, p0, "decode"), med(hf_names, batch, p0, "decode")
-            need = decode_bytes(cfg, batch, p0 + args.new_tokens // 2, itemsize)["total"]  # mean context
-            floor = need / (read_gbs * 1e9)  # seconds per step at the read bandwidth
+            floor = step_bytes[batch] / (read_gbs * 1e9)  # seconds per step at the read bandwidth
             table.add(f"decode{tag}", batch, p0, batch / z if z else None, batch / h if h else None, "tok/s",
                       higher_is_better=True)
             hf_fraction = fraction(floor, h, f"hf decode b={batch}")
@@ -120,11 +128,9 @@ def report(args, backend, table, cfg, dtype, bw, gflops, loads, runners, hf, res
     table.add("state_per_token", None, None, z_tok, h_tok, "bytes", higher_is_better=False)
     table.add("state_per_sequence", None, None, z_seq, h_seq, "bytes", higher_is_better=False)
     for batch in batches:
-        need = decode_bytes(cfg, batch, p0 + args.new_tokens // 2, itemsize)["total"]
-        table.add("decode_bytes_per_step", batch, p0, need * mb, None, "MiB")
-    for batch, prompt_len in [(1, p) for p in prompt_lens]:
-        floor = prefill_floor(cfg, batch, prompt_len, itemsize, read_gbs, gflops)
-        table.add("ttft_floor", batch, prompt_len, floor["seconds"] * 1e3, None, "ms")
+        table.add("decode_bytes_per_step", batch, p0, step_bytes[batch] * mb, None, "MiB")
+    for prompt_len in prompt_lens:
+        table.add("ttft_floor", 1, prompt_len, floors[1, prompt_len]["seconds"] * 1e3, None, "ms")
     table.add("bandwidth_read", None, None, read_gbs, None, "GB/s")
     table.add("bandwidth_read_spread", None, None, bw.spread(), None, "min/max")
     table.add("bandwidth_copy", None, None, bw.copy_gbs, None, "GB/s")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from .measure import PeakRSS
+from .measure import PeakRSS, sync_for
 
 
 class StepClock:
@@ -47,17 +47,17 @@ class Runner:
 
     name = "?"
     model = None
+    puts_prompt = False  # its generate() streams the prompt before the first new token (transformers' does)
 
     def __init__(self, device: str):
-        self.device = device
-        self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        self.device, self.sync = device, sync_for(device)
 
     def _generate(self, ids: torch.Tensor, new_tokens: int, clock: StepClock) -> torch.Tensor:
         raise NotImplementedError
 
     def generate_timed(self, ids: torch.Tensor, new_tokens: int) -> Run:
         ids = ids.to(self.device)
-        clock = StepClock(skip_first=isinstance(self, HFRunner), sync=self.sync)
+        clock = StepClock(skip_first=self.puts_prompt, sync=self.sync)
         cuda = self.device.startswith("cuda")
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -108,11 +108,12 @@ def upstream_transformers():
 
 
 class HFRunner(Runner):
-    name = "hf"
+    name, puts_prompt = "hf", True
 
     def __init__(self, path: Path, dtype: torch.dtype, device: str, attn: str, experts: str | None):
         super().__init__(device)
         transformers = upstream_transformers()
+        self.version = transformers.__version__
         kwargs = {"dtype": dtype, "attn_implementation": attn}
         if experts:
             kwargs["experts_implementation"] = experts

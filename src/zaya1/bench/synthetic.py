@@ -112,17 +112,22 @@ def write_synthetic_checkpoint(path: str | Path, layers: int = 2, seed: int = 0)
         save(t, f"model-layer-{i:03d}.safetensors")
     (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     (path / "config.json").write_text(json.dumps(cfg, indent=1))
-    (path / "synthetic.json").write_text(json.dumps({"layers": layers, "seed": seed, "version": SYNTHETIC_VERSION}))
+    (path / "synthetic.json").write_text(json.dumps(_marker(layers, seed)))
     return path
+
+
+def _marker(layers: int, seed: int) -> dict:
+    """synthetic.json: what a cached synthetic checkpoint was written from."""
+    return {"layers": layers, "seed": seed, "version": SYNTHETIC_VERSION}
 
 
 def synthetic_checkpoint(cache_dir: str | None, layers: int, seed: int) -> tuple[Path, object]:
     """(checkpoint dir, TemporaryDirectory to keep alive or None). A ``cache_dir`` holding the same synthetic
     model is reused; otherwise the model is written there (or into a temporary directory)."""
-    marker = {"layers": layers, "seed": seed, "version": SYNTHETIC_VERSION}
     if cache_dir:
         path = Path(cache_dir)
-        if (path / "synthetic.json").is_file() and json.loads((path / "synthetic.json").read_text()) == marker:
+        marker = path / "synthetic.json"
+        if marker.is_file() and json.loads(marker.read_text()) == _marker(layers, seed):
             return path, None
         return write_synthetic_checkpoint(path, layers, seed), None
     tmp = tempfile.TemporaryDirectory(prefix="zaya1-bench-")
