@@ -39,12 +39,29 @@ for src in "$nxdi_src" "$nxd_src"; do
   fi
 done
 
-requirements=(torch==2.9.0 torch-xla==2.9.0 "transformers==4.57.*" boto3 tenacity "pytest>=7" "safetensors>=0.4"
-              "tokenizers>=0.19" "tqdm>=4.60")
-fingerprint() {  # archive bytes, or a checkout's commit + diff
-  if [ -d "$1" ]; then (cd "$1" && { git rev-parse HEAD 2>/dev/null; git diff 2>/dev/null; } | sha256sum)
+fingerprint() {  # archive bytes; a folder (git checkout or plain unpacked source): its files' bytes
+  if [ -d "$1" ]; then
+    (cd "$1" && find . -path ./.git -prune -o -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z \
+       | xargs -0 -r sha256sum | sha256sum)
   else sha256sum < "$1"; fi
 }
+source_root() {  # the folder holding setup.py / pyproject.toml: $1 itself or its one top-level folder
+  local d="$1" inner
+  if [ -f "$d/setup.py" ] || [ -f "$d/pyproject.toml" ]; then echo "$d"; return; fi
+  inner=("$d"/*/)
+  if [ ${#inner[@]} -eq 1 ] && { [ -f "${inner[0]}setup.py" ] || [ -f "${inner[0]}pyproject.toml" ]; }; then
+    echo "${inner[0]%/}"; return
+  fi
+  echo "nxdi_cpu_env.sh: error: no setup.py or pyproject.toml in $d or in its one top-level folder;" \
+       "pass the source tree of the repository (its root holds setup.py)" >&2
+  return 1
+}
+for src in "$nxdi_src" "$nxd_src"; do  # a folder is checked before the long install, an archive once unpacked
+  if [ -d "$src" ]; then source_root "$src" > /dev/null || exit 2; fi
+done
+
+requirements=(torch==2.9.0 torch-xla==2.9.0 "transformers==4.57.*" boto3 tenacity "pytest>=7" "safetensors>=0.4"
+              "tokenizers>=0.19" "tqdm>=4.60")
 stamp="$( { printf '%s\n' "${requirements[@]}"; fingerprint "$nxdi_src"; fingerprint "$nxd_src"; } | sha256sum | cut -c1-16)"
 
 if [ -f "$venv/.zaya1-stamp" ] && [ "$(cat "$venv/.zaya1-stamp")" = "$stamp" ]; then
@@ -59,6 +76,7 @@ else
   for src in "$nxd_src" "$nxdi_src"; do
     if [ -d "$src" ]; then dir="$src"
     else dir="$work/$(basename "$src" .tar.gz)"; mkdir -p "$dir"; tar xzf "$src" -C "$dir"; fi
+    dir="$(source_root "$dir")" || exit 2
     "$venv.partial/bin/pip" install -q --no-deps "$dir"
   done
   echo "$stamp" > "$venv.partial/.zaya1-stamp"
