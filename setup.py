@@ -22,7 +22,7 @@ setup(
         "neuron-test": ["pytest>=7"],
     },
     entry_points={
-        "console_scripts": ["zaya1=zaya1.cli:main"],
+        "console_scripts": ["zaya1=zaya1.tools.cli:main"],
         # run by vLLM in each of its processes: AutoConfig / NxDI / vLLM registrations (docs/vllm.md)
         "vllm.general_plugins": ["zaya1=zaya1.neuron.vllm_plugin:register"],
     },

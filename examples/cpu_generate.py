@@ -14,7 +14,7 @@ if len(sys.argv) > 1:
     model = ZayaForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
     tokenizer = Tokenizer.from_pretrained(sys.argv[1])
 else:
-    from zaya1.demo import demo_model, demo_tokenizer
+    from zaya1.tools.demo import demo_model, demo_tokenizer
 
     model, tokenizer = demo_model(), demo_tokenizer()
 

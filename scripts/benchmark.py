@@ -2,7 +2,7 @@
 (the same as ``zaya1 bench``)."""
 import sys
 
-from zaya1.bench import main
+from zaya1.tools.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,7 +26,7 @@ import sys
 import torch
 
 from zaya1 import ZayaForCausalLM
-from zaya1.cli import token_ids
+from zaya1.tools.cli import token_ids
 from zaya1.errors import run_reporting_errors
 from zaya1.generation import Tokenizer, teacher_forced_logits
 

@@ -2,7 +2,7 @@
 ``zaya1 cost``; needs torch-xla, see docs/trainium-cost.md)."""
 import sys
 
-from zaya1.cli import main
+from zaya1.tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["cost", *sys.argv[1:]]))

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cca import CCAttention, gather_state, rope_cos_sin
+from .checkpoint import load_model
 from .config import SLIDING, ZayaConfig
+from .generation import check_token_ids, generate
 from .kernels import Linear, linear
 from .moe import RMSNorm, ZayaMoE
 from .sharding import AttentionShard, LocalComm, padded_vocab
@@ -232,8 +234,6 @@ class ZayaForCausalLM(nn.Module):
         (``torch_dtype`` is transformers 4's name for ``dtype``); the generation defaults of
         generation_config.json become ``model.generation_config``. As simulated tensor-parallel ranks:
         ``zaya1.simulated_tp.from_pretrained(path, tp_degree)``."""
-        from .checkpoint import load_model
-
         if torch_dtype is not None:
             dtype = torch_dtype
         return load_model(cls, path, dtype=dtype, device=device, check_finite=check_finite, **config_overrides)
@@ -261,8 +261,6 @@ class ZayaForCausalLM(nn.Module):
         """input_ids [B, S] -> logits [B, S, V] (fp32). attention_mask [B, S] (1 = token, 0 = padding, left or
         right): padding is zeroed before the convolutions and never attended. Positions default to 0..S-1
         (as transformers does without position_ids)."""
-        from .generation import check_token_ids
-
         check_token_ids(input_ids, self.config.vocab_size, attention_mask=attention_mask)
         batch, seq = input_ids.shape
         token_mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
@@ -337,6 +335,4 @@ class ZayaForCausalLM(nn.Module):
     # ------------------------------------------------------------------ generation
     def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:
         """Like transformers' generate: returns input_ids followed by the new tokens (see generation.generate)."""
-        from .generation import generate
-
         return generate(self, input_ids, attention_mask=attention_mask, **kwargs)

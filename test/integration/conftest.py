@@ -21,7 +21,7 @@ import torch
 
 from trn2_helpers import ROOT, artifacts_key, compile_argv
 from zaya1 import ZayaForCausalLM
-from zaya1.artifacts import is_complete
+from zaya1.neuron.artifacts import is_complete
 from zaya1.neuron import missing_sdk_packages, sdk_available
 
 

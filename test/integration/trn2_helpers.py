@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from zaya1 import ZayaConfig, __version__
-from zaya1.artifacts import fingerprint_checkpoint, neuron_sdk_versions
+from zaya1.neuron.artifacts import fingerprint_checkpoint, neuron_sdk_versions
 from zaya1.errors import ConfigError
 from zaya1.sharding import check_tp
 

@@ -7,9 +7,9 @@ import torch
 
 pytest.importorskip("torch_xla")
 
-from zaya1 import cost  # noqa: E402
+from zaya1.neuron import cost  # noqa: E402
 from zaya1.config import ZayaConfig  # noqa: E402
-from zaya1.hlo import analyse  # noqa: E402
+from zaya1.neuron.hlo import analyse  # noqa: E402
 
 HLO = """HloModule m, entry_computation_layout={()}
 
@@ -113,7 +113,7 @@ def test_lowered_steps_compute_the_eager_result(block_size):
     cache), float32."""
     import torch_xla
 
-    from zaya1.demo import demo_model
+    from zaya1.tools.demo import demo_model
 
     model = demo_model().model
     for layer in model.layers:

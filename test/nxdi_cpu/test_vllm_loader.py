@@ -348,7 +348,7 @@ with warnings.catch_warnings(record=True) as caught:
         error = None
     except Exception as exc:
         error = [c.__name__ for c in type(exc).__mro__], str(exc)[:300]
-from zaya1.artifacts import MANIFEST_NAME
+from zaya1.neuron.artifacts import MANIFEST_NAME
 result = {{"warnings": [str(w.message) for w in caught if MANIFEST_NAME in str(w.message)], "error": error,
           "config_read": model.config.zaya_config == ZayaConfig.from_pretrained(path)}}
 """)

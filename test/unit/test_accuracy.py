@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from zaya1 import ZayaForCausalLM
-from zaya1.bench.synthetic import write_synthetic_checkpoint
+from zaya1.tools.bench.synthetic import write_synthetic_checkpoint
 
 from zaya_testlib import force_bf16_path, upstream
 

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 import zaya1
 from zaya1 import ZayaConfig, ZayaForCausalLM, simulated_tp
-from zaya1.artifacts import (MANIFEST_NAME, ArtifactManifest, atomic_output_dir, check_manifest, check_request,
+from zaya1.neuron.artifacts import (MANIFEST_NAME, ArtifactManifest, atomic_output_dir, check_manifest, check_request,
                              compile_lock, fingerprint_checkpoint, is_complete, load_manifest,
                              save_state_dict_atomic)
 from zaya1.checkpoint import KEY_TABLES
@@ -843,7 +843,7 @@ def test_atomic_dir_failure_without_previous_leaves_nothing(ctx):
 
 def test_atomic_dir_manifest_write_fails_midway(ctx, monkeypatch):
     """The completion marker's own write fails halfway (disk full): nothing complete-looking is left."""
-    import zaya1.artifacts as artifacts
+    import zaya1.neuron.artifacts as artifacts
 
     _complete_dir(ctx, "v1")
 
@@ -860,7 +860,7 @@ def test_atomic_dir_manifest_write_fails_midway(ctx, monkeypatch):
 
 
 def test_atomic_dir_rename_fails_restores_previous(ctx, monkeypatch):
-    import zaya1.artifacts as artifacts
+    import zaya1.neuron.artifacts as artifacts
 
     _complete_dir(ctx, "v1")
     real_rename = os.rename

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from zaya1 import ZayaForCausalLM, kernels
-from zaya1.bench import main
-from zaya1.bench.measure import decode_bytes
-from zaya1.bench.synthetic import synthetic_hf_config
+from zaya1.tools.bench import main
+from zaya1.tools.bench.measure import decode_bytes
+from zaya1.tools.bench.synthetic import synthetic_hf_config
 from zaya1.config import ZayaConfig
 from zaya_testlib import force_bf16_path, upstream
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import zaya1
-from zaya1.cli import main
+from zaya1.tools.cli import main
 
 pytestmark = pytest.mark.usefixtures("inference")
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden" / "zaya1-original-tiny"

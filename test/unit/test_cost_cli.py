@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from zaya1.cli import main
+from zaya1.tools.cli import main
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch_xla") is not None, reason="torch-xla is installed here")

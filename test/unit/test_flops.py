@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from zaya1 import ZayaForCausalLM
 from zaya1.config import ZayaConfig
-from zaya1.demo import init_random_
+from zaya1.tools.demo import init_random_
 from zaya1.sharding import rank_state_dicts
 
 CONFIG = ZayaConfig(vocab_size=2048, hidden_size=256, num_hidden_layers=2, num_attention_heads=8,

@@ -19,7 +19,7 @@ no_sdk = pytest.mark.skipif(sdk_available(), reason="checks the behaviour withou
 
 
 def test_import_zaya1_does_not_import_the_sdk():
-    code = ("import sys, zaya1, zaya1.cli, zaya1.generation, zaya1.sharding, zaya1.simulated_tp, zaya1.artifacts; "
+    code = ("import sys, zaya1, zaya1.tools.cli, zaya1.generation, zaya1.sharding, zaya1.simulated_tp, zaya1.neuron.artifacts; "
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('torch_neuronx', 'neuronx_distributed', 'neuronx_distributed_inference')]; "
             "assert not bad, bad")

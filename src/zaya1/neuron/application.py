@@ -18,7 +18,7 @@ import torch
 from neuronx_distributed_inference.models.model_base import NeuronBaseForCausalLM
 from neuronx_distributed_inference.modules.generation.sampling import prepare_sampling_params
 
-from ..artifacts import MANIFEST_NAME, ArtifactManifest, check_manifest, check_request, load_manifest
+from .artifacts import MANIFEST_NAME, ArtifactManifest, check_manifest, check_request, load_manifest
 from ..checkpoint import resolve_dtype
 from ..errors import ArtifactError, InputError
 from ..generation import SamplingParams, generate

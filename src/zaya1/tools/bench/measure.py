@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .. import kernels
-from ..config import ZayaConfig
+from ... import kernels
+from ...config import ZayaConfig
 
 
 def describe_machine() -> str:

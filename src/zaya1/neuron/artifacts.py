@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .errors import ArtifactError, CheckpointError, CheckpointNotFoundError, ConfigError, InputError
-from .version import __version__
+from ..errors import ArtifactError, CheckpointError, CheckpointNotFoundError, ConfigError, InputError
+from ..version import __version__
 
 try:
     import fcntl

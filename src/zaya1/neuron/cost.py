@@ -4,7 +4,7 @@ The core step functions NxDI traces (``ZayaModel.prefill`` for context encoding 
 for token generation (TKG)) plus the tied lm_head are lowered with torch-xla on CPU at ONE rank's shapes:
 the model is built for ``tp`` ranks with a comm whose all-reduce / all-gather are torch-xla collectives,
 so the HLO shows them and their bytes. TKG takes the KV cache as NxDI passes it, K/V [B, nkv_local,
-bucket, d] per layer. The HLO is read by ``zaya1.hlo`` (bytes read per parameter role, materialised
+bucket, d] per layer. The HLO is read by ``zaya1.neuron.hlo`` (bytes read per parameter role, materialised
 copies, FLOPs, collectives, op inventory).
 
 Real widths are lowered with ``layers`` and ``layers + 1`` decoder layers and extrapolated linearly to the
@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .config import ZayaConfig
-from .errors import ConfigError, NeuronUnavailableError
+from ..config import ZayaConfig
+from ..errors import ConfigError, NeuronUnavailableError
 from .hlo import HloCost, analyse, parse_entry
-from .model import ZayaModel
-from .moe import TRN2_BF16_FLOPS, TRN2_HBM_BYTES_PER_S, block_size_for
+from ..model import ZayaModel
+from ..moe import TRN2_BF16_FLOPS, TRN2_HBM_BYTES_PER_S, block_size_for
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 

@@ -1,4 +1,4 @@
-"""python -m zaya1.bench"""
+"""python -m zaya1.tools.bench"""
 
 import sys
 

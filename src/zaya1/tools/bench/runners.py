@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ...errors import InputError
 from .measure import PeakRSS, sync_for
 
 
@@ -149,7 +149,7 @@ class NeuronRunner(Runner):
 
     def __init__(self, compiled: str, model_path: Path | None):
         super().__init__("cpu")
-        from ..neuron import NeuronZayaForCausalLM
+        from ...neuron import NeuronZayaForCausalLM
 
         self.model = NeuronZayaForCausalLM.from_compiled(compiled, model_path=model_path)
 
@@ -163,7 +163,7 @@ class NeuronRunner(Runner):
 def neuron_available() -> str | None:
     """None when the Neuron backend can run, else why it is skipped (zaya1.neuron imports without the SDK)."""
     try:
-        from .. import neuron
+        from ... import neuron
     except ImportError:
         return "zaya1.neuron is not part of this installation"
     if not neuron.sdk_available():

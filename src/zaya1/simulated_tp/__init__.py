@@ -8,10 +8,10 @@ import threading
 
 import torch
 
-from .config import ZayaConfig
-from .generation import generate
-from .model import ZayaForCausalLM, ZayaState
-from .sharding import check_tp, rank_heads, rank_state_dicts
+from ..config import ZayaConfig
+from ..generation import generate
+from ..model import ZayaForCausalLM, ZayaState
+from ..sharding import check_tp, rank_heads, rank_state_dicts
 
 
 class _ThreadGroup:

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, bench, compile_cli
-from . import cost as cost_module
-from .checkpoint import resolve_device
-from .errors import InputError, run_reporting_errors
-from .generation_config import eos_ids
-from .streaming import TextStreamer
-from .tokenizer import Tokenizer
+from .. import __version__
+from ..neuron import compile_cli
+from . import bench
+from ..neuron import cost as cost_module
+from ..checkpoint import resolve_device
+from ..errors import InputError, run_reporting_errors
+from ..generation_config import eos_ids
+from ..streaming import TextStreamer
+from ..tokenizer import Tokenizer
 
 __all__ = ["main", "run_reporting_errors"]
 
@@ -71,12 +73,12 @@ def load_for_generation(args):
     if args.backend == "neuron":
         if not args.compiled:
             raise InputError("--backend neuron needs --compiled DIR (written by zaya1 compile)")
-        from .neuron import NeuronZayaForCausalLM
+        from ..neuron import NeuronZayaForCausalLM
 
         model = NeuronZayaForCausalLM.from_compiled(args.compiled, model_path=args.model)
         path, label = model.model_path, f"neuron ({args.compiled})"
     else:
-        from . import simulated_tp
+        from .. import simulated_tp
 
         model = simulated_tp.from_pretrained(args.model, dtype=args.dtype, device=args.device,
                                              tp_degree=args.tp_degree)
@@ -150,7 +152,7 @@ def summary(load_s: float, prompt_tokens: int, new_tokens: int, batch: int, time
 
 def run_generate(args) -> int:
     if args.exact_kernels:
-        from .kernels import use_exact_kernels
+        from ..kernels import use_exact_kernels
 
         use_exact_kernels()
     start = time.perf_counter()
@@ -187,7 +189,7 @@ def run_generate(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["compile"]:  # its own parser (zaya1.compile_cli, also scripts/compile.py)
+    if argv[:1] == ["compile"]:  # its own parser (zaya1.neuron.compile_cli, also scripts/compile.py)
         return compile_cli.main(argv[1:])
     parser = argparse.ArgumentParser(prog="zaya1", description="ZAYA1 inference")
     parser.add_argument("--version", action="version",

@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from zaya1 import ZayaConfig
-from zaya1.artifacts import ArtifactManifest, atomic_output_dir
-from zaya1.checkpoint import resolve_dtype
-from zaya1.errors import ConfigError, run_reporting_errors
-from zaya1.sharding import check_tp
-from zaya1.simulated_tp import describe_plan
+from ..config import ZayaConfig
+from .artifacts import ArtifactManifest, atomic_output_dir
+from ..checkpoint import resolve_dtype
+from ..errors import ConfigError, run_reporting_errors
+from ..sharding import check_tp
+from ..simulated_tp import describe_plan
 
 
 def _ints(text: str | None, flag: str = "--buckets") -> list[int]:

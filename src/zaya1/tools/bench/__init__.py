@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from .. import kernels
-from ..checkpoint import DTYPES
-from ..config import ZayaConfig
+from ... import kernels
+from ...checkpoint import DTYPES
+from ...config import ZayaConfig
 from .measure import Bandwidth, describe_machine, load_average, measure_matmul_peak
 from .report import Table, jobs, report
 from .runners import (HFRunner, NeuronRunner, Runner, ZayaRunner, neuron_available, routing_summary,
@@ -162,7 +162,7 @@ def _bench_backend(args, backend, path, cfg, dtype, prompt_lens, batches) -> Tab
     if backend == "neuron":
         runners["zaya1"] = NeuronRunner(args.neuron_compiled, path)
     else:
-        from ..model import ZayaForCausalLM
+        from ...model import ZayaForCausalLM
 
         model = ZayaForCausalLM.from_pretrained(path, dtype=dtype, device=device)
         for compiled in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from .config import ZayaConfig
-from .tokenizer import Tokenizer
-from .model import ZayaForCausalLM
+from ..config import ZayaConfig
+from ..tokenizer import Tokenizer
+from ..model import ZayaForCausalLM
 
 SPECIALS = ["<pad>", "<eos>", "<bos>"]  # ids 0, 1, 2; the 256 bytes follow
 
