@@ -217,11 +217,15 @@ class CCAttention(nn.Module):
 
 
 def gather_state(packed: torch.Tensor, v_all: torch.Tensor, lengths: torch.Tensor, state_len: int):
-    """State after each sequence's last real token: the ``state_len`` packed columns ending at it and its
-    value projection. packed [B, C, state_len + S], v_all [B, 1 + S, Cv], lengths [B] (real tokens in the
-    chunk) -> conv_state [B, C, state_len], value_state [B, Cv]."""
-    steps = torch.arange(state_len, device=packed.device)
-    cols = (lengths[:, None] + steps[None, :]).to(torch.long)  # extended index of the last state_len columns
-    conv_state = packed.gather(2, cols[:, None, :].expand(-1, packed.shape[1], -1))
-    value_state = v_all.gather(1, lengths.to(torch.long)[:, None, None].expand(-1, 1, v_all.shape[2]))[:, 0]
-    return conv_state, value_state
+    """State after a row's first ``lengths`` chunk tokens: the ``state_len`` packed columns ending at its last
+    one and its value projection (the state before the chunk for lengths 0). packed [B, C, state_len + S],
+    v_all [B, 1 + S, Cv], lengths [B] real tokens of each row -> conv_state [B, C, state_len], value_state
+    [B, Cv]; lengths [B, N] (N cut points per row, e.g. block boundaries) -> [B, N, C, state_len], [B, N, Cv]."""
+    batch, channels, _ = packed.shape
+    cuts = lengths.reshape(batch, -1).to(torch.long)  # [B, N]
+    cols = cuts[..., None] + torch.arange(state_len, device=packed.device)  # extended index of the columns
+    conv = packed[:, None].expand(-1, cuts.shape[1], -1, -1).gather(
+        3, cols[:, :, None, :].expand(-1, -1, channels, -1))  # [B, N, C, state_len]
+    value = v_all[:, None].expand(-1, cuts.shape[1], -1, -1).gather(
+        2, cuts[..., None, None].expand(-1, -1, 1, v_all.shape[2]))[:, :, 0]  # [B, N, Cv]
+    return conv.reshape(*lengths.shape, channels, state_len), value.reshape(*lengths.shape, v_all.shape[2])

@@ -47,6 +47,40 @@ class ThreadComm:
         return torch.cat(self.group.exchange(self.rank, x), dim=dim)
 
 
+def run_on_ranks(models: list, fn):
+    """fn(model, rank) for every rank model (each with a ``comm``) concurrently, one thread each, without
+    autograd; returns rank 0's result. A failing rank aborts the group's barrier, so the others stop instead
+    of waiting forever."""
+    if len(models) == 1:
+        with torch.inference_mode():
+            return fn(models[0], 0)
+    group, results, errors = models[0].comm.group, [None] * len(models), []
+
+    def work(rank: int) -> None:
+        try:
+            with torch.inference_mode():
+                results[rank] = fn(models[rank], rank)
+        except BaseException as exc:
+            errors.append(exc)
+            group.barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(rank,)) for rank in range(len(models))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        group.barrier.reset()
+        raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
+    return results[0]
+
+
+def thread_comms(tp: int) -> list[ThreadComm]:
+    """The collectives of ``tp`` thread ranks, joined in one group."""
+    group = _ThreadGroup(tp)
+    return [ThreadComm(group, rank) for rank in range(tp)]
+
+
 def from_pretrained(path, tp_degree: int, **kwargs):
     """A checkpoint directory (either layout) as ``tp_degree`` simulated ranks: a ``SimulatedTP``, or the plain
     ZayaForCausalLM when ``tp_degree`` is 1. ``kwargs``: those of ``ZayaForCausalLM.from_pretrained``."""
@@ -72,10 +106,9 @@ class SimulatedTP:
 
     @classmethod
     def from_state_dicts(cls, config: ZayaConfig, shards: list[dict], dtype, device) -> "SimulatedTP":
-        group = _ThreadGroup(len(shards))
         ranks = []
-        for rank, shard in enumerate(shards):
-            model = ZayaForCausalLM.empty(config, ThreadComm(group, rank), dtype, device)
+        for shard, comm in zip(shards, thread_comms(len(shards))):
+            model = ZayaForCausalLM.empty(config, comm, dtype, device)
             model.load_state_dict(shard, strict=True)
             ranks.append(model.eval().requires_grad_(False))
         return cls(config, ranks)
@@ -89,27 +122,7 @@ class SimulatedTP:
         return self.ranks[0].device
 
     def _run(self, fn):
-        """fn(rank_model, rank) on every rank concurrently; returns rank 0's result."""
-        results, errors = [None] * self.tp, []
-        group = self.ranks[0].comm.group
-
-        def work(rank: int) -> None:
-            try:
-                with torch.inference_mode():
-                    results[rank] = fn(self.ranks[rank], rank)
-            except BaseException as exc:  # a failing rank must not leave the others waiting forever
-                errors.append(exc)
-                group.barrier.abort()
-
-        threads = [threading.Thread(target=work, args=(rank,)) for rank in range(self.tp)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            group.barrier.reset()
-            raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
-        return results[0]
+        return run_on_ranks(self.ranks, fn)
 
     def __call__(self, *args, **kwargs):
         return self._run(lambda model, rank: model(*args, **kwargs))

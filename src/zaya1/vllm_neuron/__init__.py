@@ -1,0 +1,66 @@
+"""ZAYA1 for the native vLLM Neuron plugin (vllm-neuron >= 0.21, Neuron SDK >= 2.34), and a CPU emulation
+of the plugin's runner that drives it (docs/vllm-neuron.md).
+
+``ZayaNativeForCausalLM`` is the model the plugin loads (plain torch modules over zaya1's own; nothing here
+imports vLLM or a Neuron package until used). ``emulate`` runs checkpoints through it the way the plugin's
+runner does, on CPU, before a trn2 is rented.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from .model import ZayaNativeForCausalLM
+from .runner import Emulator, Request, Result, load_ranks
+from .spec import KVSpec, LayerSpec, RecurrentLayerSpec, min_block_size
+
+
+def emulate(model_dir: str | Path, prompts: list[list[int]], max_new_tokens: int | list[int], tp_degree: int = 1,
+            dtype="auto", block_size: int = 16, prefill_bucket: int = 128, compile: bool = False,
+            prefix_cache: bool = False, *, max_num_seqs: int = 4, max_model_len: int = 1024,
+            num_blocks: int | None = None, decode_buckets: list[int] | None = None,
+            context_buckets: list[int] | None = None, sampling: list[tuple[float, float, float]] | None = None,
+            pad_slot: int = 0) -> list[Result]:
+    """Serve ``prompts`` (token id lists) from the checkpoint at ``model_dir`` through ZayaNativeForCausalLM
+    driven as the plugin's runner drives it (zaya1.vllm_neuron.runner), on CPU.
+
+    Returns per prompt a ``Result``: the generated token ids and the fp32 logits [n, V] of each step.
+    ``max_new_tokens``: one for all or one per prompt (requests finish at different steps). ``tp_degree``:
+    simulated ranks. ``prefill_bucket``: tokens per prefill step (longer prompts are segmented).
+    ``compile``: every forward through ``torch.compile(fullgraph=True, dynamic=False)`` (tp_degree 1).
+    ``prefix_cache``: vLLM's prefix caching; a prompt sharing full blocks with an earlier one resumes from
+    their K/V and CCA state. ``max_num_seqs``: decode rows (more prompts wait for a free row);
+    ``decode_buckets`` (default powers of two up to it) and ``context_buckets`` (tokens; default one,
+    ``max_model_len``). ``sampling``: per prompt (top_k, top_p, temperature); default greedy.
+    ``pad_slot``: the slot padding sentinel, 0 (vLLM 0.24) or -1 (vLLM 0.21)."""
+    if compile and tp_degree != 1:
+        raise InputError("emulate(compile=True) runs tp_degree=1: the simulated ranks' thread collectives "
+                         "cannot be traced (the multi-rank graphs are traced in the NxDI CPU stage).")
+    lengths = [len(p) for p in prompts]
+    new = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if not prompts or min(lengths) < 1 or len(new) != len(prompts) or min(new) < 1:
+        raise InputError("emulate: pass at least one non-empty prompt and max_new_tokens >= 1 (one, or one per "
+                         "prompt).")
+    if max(a + b for a, b in zip(lengths, new)) > max_model_len:
+        raise InputError(f"emulate: a prompt plus its new tokens exceeds max_model_len={max_model_len}; raise it.")
+    models = load_ranks(model_dir, tp_degree, None if dtype == "auto" else dtype)
+    forwards = [torch.compile(m, fullgraph=True, dynamic=False) for m in models] if compile else None
+    blocks_per_seq = -(-max_model_len // block_size)
+    emulator = Emulator(models, block_size, num_blocks or 2 * (len(prompts) + 1) * blocks_per_seq + 1,
+                        prefill_bucket, max_model_len,
+                        decode_buckets or [2 ** i for i in range(max_num_seqs.bit_length()) if 2 ** i <= max_num_seqs]
+                        + ([max_num_seqs] if max_num_seqs & (max_num_seqs - 1) else []),
+                        context_buckets, prefix_cache, segmented=max(lengths) > prefill_bucket, pad_slot=pad_slot,
+                        compiled=forwards)
+    greedy = (-1.0, 1.0, 0.0)
+    requests = [Request(i, list(p), n, tuple(sampling[i]) if sampling else greedy)
+                for i, (p, n) in enumerate(zip(prompts, new))]
+    emulator.run(requests, max_num_seqs)
+    return [Result(r.output, torch.stack(r.logits), r.cached_tokens) for r in requests]
+
+
+__all__ = ["ZayaNativeForCausalLM", "emulate", "Emulator", "Result", "KVSpec", "LayerSpec", "RecurrentLayerSpec",
+           "min_block_size"]
