@@ -23,7 +23,7 @@ setup(
     },
     entry_points={
         "console_scripts": ["zaya1=zaya1.tools.cli:main"],
-        # run by vLLM in each of its processes: AutoConfig / NxDI / vLLM registrations (docs/vllm.md)
-        "vllm.general_plugins": ["zaya1=zaya1.neuron.vllm_plugin:register"],
+        # run by vLLM in each of its processes: the native model or the NxDI one (docs/vllm-neuron.md, vllm.md)
+        "vllm.general_plugins": ["zaya1=zaya1.vllm_plugin:register"],
     },
 )

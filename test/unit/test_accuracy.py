@@ -41,14 +41,16 @@ def reference(tmp_path_factory):
         seq = ZayaForCausalLM.from_pretrained(path, dtype=torch.float32).generate(
             prompt, max_new_tokens=STEPS, eos_token_id=[])
         logits = hf_model(path, torch.float32)(seq).logits[0]
-        ref_prompt, ref_top1 = logits[:PROMPT].clone(), logits[PROMPT - 1:-1].argmax(-1)
+        ref_prompt, ref_steps = logits[:PROMPT].clone(), logits[PROMPT - 1:-1].clone()
+        ref_top1 = ref_steps.argmax(-1)
         del logits
         hf = hf_model(path, torch.bfloat16)
         hf_logits = hf(seq).logits[0].float()
         hf_figures = ((hf_logits[:PROMPT] - ref_prompt).abs().max().item(),
-                      (hf_logits[PROMPT - 1:-1].argmax(-1) == ref_top1).sum().item())
+                      (hf_logits[PROMPT - 1:-1].argmax(-1) == ref_top1).sum().item(),
+                      (hf_logits[PROMPT - 1:-1] - ref_steps).abs().max().item())
         del hf, hf_logits
-    return path, seq, ref_prompt, ref_top1, hf_figures
+    return path, seq, ref_prompt, ref_top1, hf_figures, ref_steps
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,7 @@ def zaya1_figures(model, seq, ref_prompt, ref_top1) -> tuple[float, int]:
 
 @pytest.mark.parametrize("path_kind", ["default", "emulated-bf16-kernels", "native-bf16-kernels"])
 def test_bf16_at_least_as_close_to_float32_as_transformers(reference, zaya1_bf16, report, monkeypatch, path_kind):
-    _, seq, ref_prompt, ref_top1, (hf_dlogit, hf_agree) = reference
+    _, seq, ref_prompt, ref_top1, (hf_dlogit, hf_agree, _), _ = reference
     # "default": this CPU's path; the others: that kind of CPU's path, forced
     force_bf16_path(monkeypatch, {"default": None, "native-bf16-kernels": True}.get(path_kind, False))
     dlogit, agree = zaya1_figures(zaya1_bf16, seq, ref_prompt, ref_top1)
@@ -79,3 +81,21 @@ def test_bf16_at_least_as_close_to_float32_as_transformers(reference, zaya1_bf16
     report(f"real-width bf16 top-1 agreement /{STEPS}, transformers", hf_agree)
     assert agree >= hf_agree, f"zaya1 bf16 agrees with fp32 on {agree}/{STEPS} steps, transformers on {hf_agree}"
     assert dlogit <= hf_dlogit, f"zaya1 bf16 max |dlogit| {dlogit:.4f} > transformers' {hf_dlogit:.4f}"
+
+
+def test_native_vllm_neuron_model_bf16(reference, report):
+    """The native vLLM Neuron model (zaya1.vllm_neuron) in bf16, pages included, driven by the runner
+    emulation with the float32 continuation fed back: max |dlogit| over the 256 decode-step logits and top-1
+    agreement, each at least as good as transformers' bf16 on the same positions."""
+    from zaya1.vllm_neuron import emulate
+
+    path, seq, _, ref_top1, (_, hf_agree, hf_step_dlogit), ref_steps = reference
+    prompt, continuation = seq[0, :PROMPT].tolist(), seq[0, PROMPT:].tolist()
+    result = emulate(path, [prompt], STEPS, dtype=torch.bfloat16, block_size=16, prefill_bucket=PROMPT,
+                     max_model_len=PROMPT + STEPS, teacher_forcing=[continuation])[0]
+    dlogit = (result.logits - ref_steps).abs().max().item()
+    agree = (torch.tensor(result.tokens) == ref_top1).sum().item()
+    report("real-width bf16 native vLLM-Neuron max |dlogit| over the steps vs fp32", dlogit)
+    report("real-width bf16 max |dlogit| over the steps vs fp32, transformers", hf_step_dlogit)
+    report(f"real-width bf16 native vLLM-Neuron top-1 agreement /{STEPS}", agree)
+    assert agree >= hf_agree and dlogit <= hf_step_dlogit

@@ -1,5 +1,6 @@
-"""vLLM general plugin (entry point group ``vllm.general_plugins``, name ``zaya1``): lets vllm-neuron serve
-ZAYA1 through ``NeuronZayaForCausalLM`` with no patch to vLLM, vllm-neuron or NxDI. See docs/vllm.md.
+"""The NxDI generation of zaya1's vLLM plugin (vllm-neuron 0.2-0.5; ``zaya1.vllm_plugin`` chooses it): lets
+vllm-neuron serve ZAYA1 through ``NeuronZayaForCausalLM`` with no patch to vLLM, vllm-neuron or NxDI. See
+docs/vllm.md.
 
 vLLM calls ``register()`` once in every process it starts (engine, engine core, each worker). It registers
 what that process can use, and is silent (never raises) where vLLM, transformers or the Neuron SDK is absent:
@@ -45,14 +46,20 @@ class ZayaForCausalLMStub(nn.Module):
         raise NeuronUnavailableError(STUB_ERROR)
 
 
+def register_auto_config_if_needed() -> None:
+    """``model_type: zaya`` in transformers' AutoConfig where transformers is installed (a no-op on >= 5.23)."""
+    if importlib.util.find_spec("transformers") is not None:
+        from .hf_config import register_auto_config  # transformers is optional for zaya1
+
+        register_auto_config()
+
+
 def register() -> None:
     """Register ZAYA1 wherever this process can use it (module docstring); safe to call more than once."""
     if sdk_available():
         register_nxdi()  # NxDI's model types and the AutoConfig registration
-    elif importlib.util.find_spec("transformers") is not None:
-        from .hf_config import register_auto_config  # transformers is optional for zaya1
-
-        register_auto_config()
+    else:
+        register_auto_config_if_needed()
     if importlib.util.find_spec("vllm") is not None:
         from vllm import ModelRegistry
 

@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import resolve_dtype
+from ..checkpoint import load_into, resolve_dtype
 from ..config import SLIDING, ZayaConfig
 from ..errors import ConfigError, InputError
 from ..model import ZayaForCausalLM
-from ..sharding import LocalComm, rank_state_dict
+from ..sharding import AttentionShard, LocalComm, rank_state_dict
 from . import paged
 from .sampler import sample
 from .spec import KVSpec, LayerSpec, RecurrentLayerSpec
@@ -39,6 +39,14 @@ def attention_name(layer: int) -> str:
 
 def state_name(layer: int) -> str:
     return f"layers.{layer}.cca_state"
+
+
+def state_shapes(config: ZayaConfig, tp: int) -> tuple[tuple[int, int], tuple[int]]:
+    """One layer's CCA state per rank: conv [(q heads + KV heads) x head_dim, conv_state_len], value [KV heads
+    x head_dim] (KV heads replicated beyond 2 ranks, as zaya1.sharding plans them)."""
+    shard = AttentionShard.for_tp(config, tp)
+    channels = (shard.q_heads + shard.kv_heads) * config.head_dim
+    return (channels, config.conv_state_len), (shard.kv_heads * config.head_dim,)
 
 
 class VllmTPComm:
@@ -76,9 +84,8 @@ class ZayaNativeForCausalLM(nn.Module):
         super().__init__()
         self.config, self.comm = config, comm or LocalComm()
         self.lm = ZayaForCausalLM(config, self.comm).to(dtype)
-        shard, d = self.lm.model.shard, config.head_dim
-        self.state_layout = paged.StateLayout((shard.q_heads + shard.kv_heads) * d, config.conv_state_len,
-                                              shard.kv_heads * d)
+        (channels, state_len), (value_channels,) = state_shapes(config, self.comm.world_size)
+        self.state_layout = paged.StateLayout(channels, state_len, value_channels)
         self.kv_pages: list[torch.Tensor] = []
         self.state_rows: list[torch.Tensor] = []
 
@@ -92,6 +99,17 @@ class ZayaNativeForCausalLM(nn.Module):
         dtype = getattr(text_neuron_config, "torch_dtype", None) or "auto"
         return cls(config, resolve_dtype(dtype, config), comm or default_comm())
 
+    @classmethod
+    def get_mamba_state_shape_from_config(cls, vllm_config):
+        """vLLM's hook for hybrid models (state pages are set up only with it): the per-rank state shapes."""
+        config = ZayaConfig.from_dict(vllm_config.model_config.hf_config.to_dict())
+        return state_shapes(config, vllm_config.parallel_config.tensor_parallel_size)
+
+    @classmethod
+    def get_mamba_state_dtype_from_config(cls, vllm_config):
+        dtype = vllm_config.model_config.dtype
+        return dtype, dtype
+
     @property
     def dtype(self) -> torch.dtype:
         return self.lm.dtype
@@ -99,10 +117,8 @@ class ZayaNativeForCausalLM(nn.Module):
     def load_weights(self, checkpoint_path: str | Path, device=None, cache_dir=None) -> None:
         """This rank's shard of the checkpoint (either layout; the sharding plan of zaya1.sharding, KV heads
         replicated beyond 2 ranks). The whole checkpoint passes through host memory once per rank."""
-        full = ZayaForCausalLM.from_pretrained(checkpoint_path, dtype=self.dtype)
-        if full.config.to_dict() != self.config.to_dict():
-            raise ConfigError(f"{checkpoint_path}: config.json differs from the config this model was built "
-                              f"from; build it with from_configs() of the same checkpoint.")
+        full = ZayaForCausalLM.empty(self.config, dtype=self.dtype)
+        load_into(full, self.config, checkpoint_path)  # names, shapes and dtypes checked against the config
         shard = rank_state_dict(full.state_dict(), self.config, self.comm.world_size, self.comm.rank)
         del full
         self.lm.load_state_dict(shard, strict=True, assign=True)
@@ -113,12 +129,12 @@ class ZayaNativeForCausalLM(nn.Module):
     def get_kv_spec(self) -> KVSpec:
         """Per rank: paged K/V of every attention layer (sliding windows declared) and the CCA state of every
         layer, conv [C, K-1] and value [Cv], as a recurrent layer. The plugin's own classes when installed."""
-        cfg, shard, layout = self.config, self.lm.model.shard, self.state_layout
+        cfg, shard = self.config, self.lm.model.shard
         spec = KVSpec(
             [LayerSpec(attention_name(i), shard.kv_heads, cfg.head_dim, self.dtype,
                        cfg.sliding_window if kind == SLIDING else None) for i, kind in enumerate(cfg.layer_types)],
-            [RecurrentLayerSpec(state_name(i), ((layout.channels, layout.state_len), (layout.value_channels,)),
-                                (self.dtype, self.dtype)) for i in range(cfg.num_hidden_layers)])
+            [RecurrentLayerSpec(state_name(i), state_shapes(cfg, self.comm.world_size), (self.dtype, self.dtype))
+             for i in range(cfg.num_hidden_layers)])
         try:
             from vllm_neuron.model import kv_cache  # the native plugin, when installed
         except ImportError:
