@@ -149,8 +149,9 @@ def test_emulate_refuses_bad_requests(tiny):
 
 
 def test_sampler_matches_transformers_warpers():
-    """temperature -> top-k -> top-p as transformers' logits warpers compute them (their order), per row,
-    on the 256 best candidates; greedy rows take the argmax; a draw follows the warped distribution."""
+    """temperature -> top-k -> top-p as transformers' logits warpers compute them (their order), per row;
+    top_k off means the 256 best candidates (the plugin's limit); greedy rows take the argmax; u = 0 draws
+    the most likely candidate."""
     transformers = upstream()
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 1000, generator=gen) * 3
@@ -158,8 +159,8 @@ def test_sampler_matches_transformers_warpers():
     scores, ids = candidate_scores(logits, params)
     for row in range(1, 4):
         top_k, top_p, temperature = params[row].tolist()
-        warpers = [transformers.TemperatureLogitsWarper(temperature)]
-        warpers += [transformers.TopKLogitsWarper(int(top_k))] if top_k > 0 else []
+        warpers = [transformers.TemperatureLogitsWarper(temperature)]  # no top-k: the 256 best (stated limit)
+        warpers += [transformers.TopKLogitsWarper(int(top_k) if top_k > 0 else 256)]
         warpers += [transformers.TopPLogitsWarper(top_p)] if top_p < 1 else []
         ref = logits[row:row + 1].clone()
         for warper in warpers:
@@ -169,7 +170,7 @@ def test_sampler_matches_transformers_warpers():
         assert max_diff(got, expected) <= 1e-6
     tokens = sample(logits, params, uniform=torch.tensor([0.5, 0.0, 0.999, 0.3]))
     assert tokens[0] == logits[0].argmax() and tokens.dtype == torch.int32
-    assert tokens[1] == ids[1, 0]  # u = 0 draws the most likely candidate
+    assert tokens[1] == ids[1, 0]
 
 
 @pytest.mark.parametrize("version,generation", [("0.21.0.1.0.0", "native"), ("0.24.1", "native"),

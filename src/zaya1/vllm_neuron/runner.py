@@ -139,7 +139,7 @@ class Emulator:
         # with prefix caching the state group keeps a page per state block (default: per KV block); else one
         # running page per sequence
         self.state_block = (state_block or block_size) if prefix_cache else max_model_len
-        if self.state_block % block_size:
+        if prefix_cache and self.state_block % block_size:
             raise ConfigError(f"state_block={self.state_block} must be a multiple of block_size={block_size}.")
         self.pool = BlockPool(num_blocks)
         self.compiled = compiled is not None
