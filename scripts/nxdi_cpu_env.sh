@@ -76,8 +76,9 @@ resolve() {  # the folder pip installs for source $1 (a folder, or an archive un
 nxdi_dir="$(resolve "$nxdi_src" nxdi)" || exit 2
 nxd_dir="$(resolve "$nxd_src" nxd)" || exit 2
 
-requirements=(torch==2.9.0 torch-xla==2.9.0 "transformers==4.57.*" boto3 tenacity "pytest>=7" "safetensors>=0.4"
-              "tokenizers>=0.19" "tqdm>=4.60")
+# torchvision and pillow: NxDI's accuracy utilities (check_accuracy_logits_v2) import its mllama / pixtral models
+requirements=(torch==2.9.0 torch-xla==2.9.0 torchvision==0.24.0 pillow "transformers==4.57.*" boto3 tenacity
+              "pytest>=7" "safetensors>=0.4" "tokenizers>=0.19" "tqdm>=4.60")
 stamp="$( { printf '%s\n' "${requirements[@]}"; fingerprint "$nxdi_src"; fingerprint "$nxd_src"; } | sha256sum | cut -c1-16)"
 current="$(cat "$venv/.zaya1-stamp" 2>/dev/null || true)"
 
