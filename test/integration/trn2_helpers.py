@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 
 from zaya1 import ZayaConfig, __version__
 from zaya1.kernels import exact_kernels
+from zaya1.neuron import missing_sdk_packages
 from zaya1.neuron.artifacts import fingerprint_checkpoint, neuron_sdk_versions
 from zaya1.errors import ConfigError
 from zaya1.sharding import check_tp
@@ -39,6 +41,43 @@ CB_SETTINGS = dict(batch_size=3, max_context_length=32, seq_len=64, continuous_b
 # first bucket longer than the input).
 REAL_SETTINGS = dict(max_context_length=256, seq_len=512, buckets="128,256", token_generation_buckets="256,512",
                      dtype="bfloat16")
+
+
+# what the suite imports from the Neuron SDK: the application's base, and NxDI's generation adapter and accuracy
+# check (both fail to import on transformers 5.x)
+SDK_MODULES = ("torch_neuronx", "neuronx_distributed_inference.models.model_base",
+               "neuronx_distributed_inference.utils.hf_adapter", "neuronx_distributed_inference.utils.accuracy")
+
+
+def neuron_devices(dev: Path = Path("/dev")) -> list[str]:
+    """The Neuron devices the driver exposes (/dev/neuron0, ...): present on every Neuron instance."""
+    return sorted(p.name for p in dev.glob("neuron[0-9]*"))
+
+
+def sdk_problem(modules: tuple[str, ...] = SDK_MODULES) -> str | None:
+    """What keeps the suite from using the Neuron SDK (a missing package, or an import that fails), or None."""
+    missing = missing_sdk_packages()
+    if missing:
+        return f"Neuron SDK not installed ({', '.join(missing)} missing)"
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a broken install: report it, whatever it raises
+            return f"import {name} failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    return None
+
+
+def suite_gate(devices: list[str], problem: str | None, env: dict) -> tuple[str, str]:
+    """("run" | "skip" | "fail", reason): the suite skips without the SDK only off-Neuron; on a Neuron host
+    (devices, or ZAYA1_NEURON_HOST=1; =0 says it is not one) a missing or broken SDK fails every test."""
+    if problem is None:
+        return "run", ""
+    forced = env.get("ZAYA1_NEURON_HOST")
+    where = ", ".join(f"/dev/{d}" for d in devices) if forced is None else f"ZAYA1_NEURON_HOST={forced}"
+    if (bool(devices) if forced is None else forced == "1"):
+        return "fail", (f"{problem} on a Neuron host ({where}): activate the DLAMI's NxDI virtualenv and install "
+                        f"zaya1 with `pip install -e \".[neuron-test]\"` (docs/trainium.md)")
+    return "skip", f"{problem}: the integration suite runs on a trn2 instance (docs/trainium.md)"
 
 
 def golden_dir(name: str, layout: str = "original") -> Path:

@@ -1,5 +1,7 @@
 """The trn2 integration suite's logic that runs without Trainium (test/integration/trn2_helpers.py and the
 first-run report): what the device is held to, and how a trn2 run is summarised."""
+import os
+import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
@@ -30,3 +32,45 @@ def test_bf16_reference_has_the_traced_graphs_numerics(name, monkeypatch):
     assert not kernels.EXACT  # restored
     assert torch.equal(reference, traced)
     assert not torch.equal(default, traced)
+
+
+def test_neuron_devices_and_sdk_problem(tmp_path, monkeypatch):
+    for name in ("neuron1", "neuron0", "neuron_monitor", "nvme0"):
+        (tmp_path / name).touch()
+    assert trn2_helpers.neuron_devices(tmp_path) == ["neuron0", "neuron1"]
+    monkeypatch.setattr(trn2_helpers, "missing_sdk_packages", lambda: [])
+    (tmp_path / "broken_adapter.py").write_text("raise ImportError('cannot import name X from transformers')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert trn2_helpers.sdk_problem(("json", "broken_adapter")) == (
+        "import broken_adapter failed (ImportError: cannot import name X from transformers)")
+    assert trn2_helpers.sdk_problem(("json",)) is None
+    monkeypatch.setattr(trn2_helpers, "missing_sdk_packages", lambda: ["torch_neuronx"])
+    assert trn2_helpers.sdk_problem(("json",)) == "Neuron SDK not installed (torch_neuronx missing)"
+
+
+@pytest.mark.parametrize("devices, env, action", [
+    ([], {}, "skip"), (["neuron0"], {}, "fail"), ([], {"ZAYA1_NEURON_HOST": "1"}, "fail"),
+    (["neuron0"], {"ZAYA1_NEURON_HOST": "0"}, "skip")])
+def test_suite_gate_fails_a_neuron_host_with_a_broken_sdk(devices, env, action):
+    assert trn2_helpers.suite_gate(devices, None, env) == ("run", "")
+    got, reason = trn2_helpers.suite_gate(devices, "import x failed (ImportError: y)", env)
+    assert got == action and reason.startswith("import x failed (ImportError: y)")
+    assert ("on a Neuron host" in reason) == (action == "fail")
+
+
+@pytest.mark.parametrize("host", ["0", "1"])
+def test_integration_suite_skips_off_neuron_and_fails_on_a_neuron_host(host):
+    """The suite itself, here (no Neuron SDK): every test skipped off-Neuron; with ZAYA1_NEURON_HOST=1 every
+    test errors with the reason before anything compiles, and pytest exits non-zero."""
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, ZAYA1_NEURON_HOST=host, PYTHONPATH=os.pathsep.join(
+        [str(root / "src"), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-m", "pytest", str(root / "test" / "integration"), "-q", "-rs", "-p",
+                          "no:cacheprovider"], env=env, capture_output=True, text=True, timeout=300, cwd=root)
+    summary = run.stdout.strip().splitlines()[-1]
+    if host == "0":
+        assert run.returncode == 0 and "passed" not in summary and "error" not in summary, run.stdout[-2000:]
+        assert "Neuron SDK not installed" in run.stdout
+    else:
+        assert run.returncode == 1 and "skipped" not in summary and "passed" not in summary, run.stdout[-2000:]
+        assert "error" in summary and "on a Neuron host (ZAYA1_NEURON_HOST=1)" in run.stdout
