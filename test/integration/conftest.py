@@ -11,17 +11,15 @@ import that fails, e.g. NxDI on transformers 5.x) fails every test instead. Envi
   ZAYA1_NEURON_HOST    1 / 0: treat this machine as a Neuron host or not (default: whether /dev/neuron* exist)
 """
 import functools
-import gc
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from trn2_helpers import ROOT, artifacts_key, compile_argv, neuron_devices, sdk_problem, suite_gate
+from trn2_helpers import artifacts_key, compile_command, neuron_devices, sdk_problem, suite_gate
 from zaya1 import ZayaForCausalLM
 from zaya1.neuron.artifacts import is_complete
 
@@ -62,10 +60,10 @@ class Trn2:
     def compiled(self, checkpoint: Path, **settings) -> Path:
         out = self.root / artifacts_key(checkpoint, self.tp, settings)
         if not is_complete(out):
-            argv = compile_argv(checkpoint, out, self.tp, settings)
-            rc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compile.py"), *argv]).returncode
+            argv = compile_command(checkpoint, out, self.tp, settings)
+            rc = subprocess.run(argv).returncode
             if rc != 0:
-                pytest.fail(f"zaya1 compile {' '.join(argv)} exited with {rc} (its output is above)")
+                pytest.fail(f"{' '.join(argv)} exited with {rc} (its output is above)")
         return out
 
     def load(self, checkpoint: Path, **settings):
@@ -107,18 +105,10 @@ def tokenizer(real_checkpoint):
 
 
 @pytest.fixture(scope="session")
-def perf_records():
-    """Records of the performance tests, written to ZAYA1_PERF_JSON when the session ends."""
-    records = []
-    yield records
-    if records:
-        Path(os.environ.get("ZAYA1_PERF_JSON", "neuron-perf.json")).write_text(json.dumps(records, indent=1))
-
-
-@pytest.fixture
-def release():
-    """Models a test appends here are dropped (device memory freed) when it ends."""
-    models = []
-    yield models
-    models.clear()
-    gc.collect()
+def perf_report():
+    """The performance tests' records and their comparison with the published figures, written to
+    ZAYA1_PERF_JSON when the session ends: {"records": [...], "versus_published": [...]}."""
+    report = {"records": [], "versus_published": []}
+    yield report
+    if report["records"]:
+        Path(os.environ.get("ZAYA1_PERF_JSON", "neuron-perf.json")).write_text(json.dumps(report, indent=1))
