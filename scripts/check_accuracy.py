@@ -4,7 +4,8 @@
 The CPU reference (zaya1.ZayaForCausalLM, float32 by default) greedily generates --num-tokens tokens; both
 backends are then teacher-forced on prompt + those tokens, and for every position the script prints
 max |dlogit| and whether the top-1 tokens agree. With --nxdi-check it also runs NxDI's
-check_accuracy_logits_v2 (torch_neuronx logit validation, NxDI default tolerances) on the same golden.
+check_accuracy_logits_v2 (torch_neuronx logit validation, its default tolerances) like for like: its golden made
+as NxDI makes it (greedy with min_new_tokens, so the EOS columns are -inf on both sides; zaya1.neuron.accuracy).
 
     python scripts/check_accuracy.py --model-path /ckpt/ZAYA1-8B --compiled-model-path /tmp/zaya1-tp4 \
         --prompt "The capital of France is" --num-tokens 64
@@ -15,7 +16,7 @@ Without Trainium, ``--cpu-mode`` runs the same NxDI graphs in NxDI's own CPU mod
     python scripts/check_accuracy.py --model-path /ckpt/ZAYA1-8B --cpu-mode --tp-degree 1 --num-tokens 16
 
 The Neuron model must have been compiled without --on-device-sampling (logits on the host).
-Exit status 1 if top-1 agreement is below --min-top1.
+Exit status 1 if top-1 agreement is below --min-top1 or NxDI's check fails.
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def main(argv=None) -> int:
 
 def check(p, args) -> int:
     from zaya1.neuron import NeuronZayaForCausalLM, ZayaInferenceConfig, ZayaNeuronConfig
+    from zaya1.neuron.accuracy import expected_logits
 
     if args.prompt_ids:
         rows = [args.prompt_ids]
@@ -77,12 +79,16 @@ def check(p, args) -> int:
     reference = ZayaForCausalLM.from_pretrained(args.model_path, dtype=args.reference_dtype)
     tokens = reference.generate(prompts, max_new_tokens=args.num_tokens, eos_token_id=[])[:, prompts.shape[1]:]
     expected = teacher_forced_logits(reference, prompts, tokens[:, :-1])  # [B, N, V]
+    eos = reference.config.eos_token_id
+    nxdi_golden = expected_logits(reference, prompts, args.num_tokens, eos) if args.nxdi_check else None
     del reference
 
     if args.cpu_mode:
         total = prompts.shape[1] + args.num_tokens + 1
+        # NxDI's check prefills prompt + the tokens before a divergence again: its context must hold them
         nc = ZayaNeuronConfig(tp_degree=args.tp_degree, batch_size=len(rows), seq_len=total,
-                              max_context_length=prompts.shape[1] + 1, torch_dtype=torch.float32, on_cpu=True)
+                              max_context_length=total if args.nxdi_check else prompts.shape[1] + 1,
+                              torch_dtype=torch.float32, on_cpu=True)
         neuron = NeuronZayaForCausalLM(args.model_path, ZayaInferenceConfig.from_checkpoint(args.model_path, nc))
         neuron.to_cpu()
     else:
@@ -98,16 +104,23 @@ def check(p, args) -> int:
         with open(args.json, "w") as f:
             json.dump({"positions": records, "max_abs_dlogit": worst, "top1_agreement": top1}, f, indent=1)
 
-    if args.nxdi_check:
-        from neuronx_distributed_inference.utils.accuracy import check_accuracy_logits_v2
-        from transformers import GenerationConfig
+    nxdi_passed = nxdi_golden is None or nxdi_check(neuron, nxdi_golden, prompts, eos)
+    return 0 if top1 >= args.min_top1 and nxdi_passed else 1
 
-        config = GenerationConfig(do_sample=False, max_new_tokens=args.num_tokens,
-                                  pad_token_id=neuron.config.pad_token_id)
-        check_accuracy_logits_v2(neuron, expected.transpose(0, 1), prompts, torch.ones_like(prompts), config,
-                                 num_tokens_to_check=args.num_tokens)
-        print("NxDI check_accuracy_logits_v2: passed")
-    return 0 if top1 >= args.min_top1 else 1
+
+def nxdi_check(neuron, golden: torch.Tensor, prompts: torch.Tensor, eos: list[int]) -> bool:
+    """NxDI's check_accuracy_logits_v2 against its golden (zaya1.neuron.accuracy); prints the verdict."""
+    from neuronx_distributed_inference.utils.exceptions import LogitMatchingValidationError
+
+    from zaya1.neuron.accuracy import check_logits
+
+    try:
+        check_logits(neuron, golden, prompts, eos)
+    except LogitMatchingValidationError as exc:
+        print(f"NxDI check_accuracy_logits_v2: FAILED\n{exc}")
+        return False
+    print("NxDI check_accuracy_logits_v2: passed")
+    return True
 
 
 if __name__ == "__main__":

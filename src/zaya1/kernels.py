@@ -32,6 +32,7 @@ set (an ISA cap that makes oneDNN emulate bf16 also selects the emulated-bf16 ke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -92,6 +93,17 @@ def use_exact_kernels(enabled: bool = True) -> None:
     again with ``enabled=False``."""
     global EXACT
     EXACT = enabled
+
+
+@contextlib.contextmanager
+def exact_kernels(enabled: bool = True):
+    """``use_exact_kernels(enabled)`` inside the block; the previous choice is restored after."""
+    previous = EXACT
+    use_exact_kernels(enabled)
+    try:
+        yield
+    finally:
+        use_exact_kernels(previous)
 
 
 def kernel_mode() -> str:

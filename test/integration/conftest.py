@@ -1,38 +1,45 @@
 """trn2 integration suite: runs only where the Neuron SDK is installed (skipped with the reason elsewhere).
 
-Environment (see docs/trainium.md):
+Off-Neuron without the SDK every test skips; on a Neuron host (/dev/neuron*) a missing or broken SDK (an
+import that fails, e.g. NxDI on transformers 5.x) fails every test instead. Environment (see docs/trainium.md):
   ZAYA1_TP             tensor parallel degree (default 4: trn2.3xlarge at NEURON_LOGICAL_NC_CONFIG=2)
   ZAYA1_COMPILED_DIR   where compiled artifacts are kept between runs, one directory per model, settings,
                        checkpoint fingerprint and SDK version (default: a pytest temp dir, compiled anew)
   ZAYA1_CHECKPOINT     a real ZAYA1 checkpoint directory (either layout, with its tokenizer); the real-weight
                        tests skip without it
   ZAYA1_PERF_JSON      where the performance test writes its records (default: neuron-perf.json)
+  ZAYA1_NEURON_HOST    1 / 0: treat this machine as a Neuron host or not (default: whether /dev/neuron* exist)
 """
 import functools
-import gc
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from trn2_helpers import ROOT, artifacts_key, compile_argv
+from trn2_helpers import artifacts_key, compile_command, neuron_devices, sdk_problem, suite_gate
 from zaya1 import ZayaForCausalLM
 from zaya1.neuron.artifacts import is_complete
-from zaya1.neuron import missing_sdk_packages, sdk_available
+
+GATE = suite_gate(neuron_devices(), sdk_problem(), os.environ)
 
 
 def pytest_collection_modifyitems(config, items):
-    if sdk_available():
-        return
-    skip = pytest.mark.skip(reason=f"Neuron SDK not installed ({', '.join(missing_sdk_packages())} missing): "
-                                   f"the integration suite runs on a trn2 instance (docs/trainium.md)")
-    for item in items:
-        if item.path.is_relative_to(Path(__file__).parent):
-            item.add_marker(skip)
+    """Off-Neuron without the SDK every test skips with the reason."""
+    action, reason = GATE
+    if action == "skip":
+        for item in items:
+            if item.path.is_relative_to(Path(__file__).parent):
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def neuron_install():
+    """On a Neuron host a missing or broken SDK fails every test with the reason, before anything compiles."""
+    if GATE[0] == "fail":
+        pytest.fail(GATE[1], pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -53,10 +60,10 @@ class Trn2:
     def compiled(self, checkpoint: Path, **settings) -> Path:
         out = self.root / artifacts_key(checkpoint, self.tp, settings)
         if not is_complete(out):
-            argv = compile_argv(checkpoint, out, self.tp, settings)
-            rc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compile.py"), *argv]).returncode
+            argv = compile_command(checkpoint, out, self.tp, settings)
+            rc = subprocess.run(argv).returncode
             if rc != 0:
-                pytest.fail(f"zaya1 compile {' '.join(argv)} exited with {rc} (its output is above)")
+                pytest.fail(f"{' '.join(argv)} exited with {rc} (its output is above)")
         return out
 
     def load(self, checkpoint: Path, **settings):
@@ -98,18 +105,10 @@ def tokenizer(real_checkpoint):
 
 
 @pytest.fixture(scope="session")
-def perf_records():
-    """Records of the performance tests, written to ZAYA1_PERF_JSON when the session ends."""
-    records = []
-    yield records
-    if records:
-        Path(os.environ.get("ZAYA1_PERF_JSON", "neuron-perf.json")).write_text(json.dumps(records, indent=1))
-
-
-@pytest.fixture
-def release():
-    """Models a test appends here are dropped (device memory freed) when it ends."""
-    models = []
-    yield models
-    models.clear()
-    gc.collect()
+def perf_report():
+    """The performance tests' records and their comparison with the published figures, written to
+    ZAYA1_PERF_JSON when the session ends: {"records": [...], "versus_published": [...]}."""
+    report = {"records": [], "versus_published": []}
+    yield report
+    if report["records"]:
+        Path(os.environ.get("ZAYA1_PERF_JSON", "neuron-perf.json")).write_text(json.dumps(report, indent=1))

@@ -181,17 +181,18 @@ def case_continuous_batching(tp: int, name: str = "gqa") -> dict:
             "tokens_equal": bool((torch.stack(actual).argmax(-1) == torch.stack(expected).argmax(-1)).all())}
 
 
-def odd_vocab_checkpoint(root: Path, name: str = "gqa") -> Path:
-    """The golden HF-layout model with one more vocabulary row (vocab % 2 != 0)."""
-    src, dst = golden_dir(name, "hf"), root / f"{name}-odd-vocab"
+def vocab_checkpoint(root: Path, vocab: int, name: str = "gqa") -> Path:
+    """The golden HF-layout model (384 tokens) with its vocabulary grown to ``vocab`` rows (random rows at the
+    embedding's scale; the lm_head is tied to it)."""
+    src, dst = golden_dir(name, "hf"), root / f"{name}-vocab-{vocab}"
     if not (dst / "model.safetensors").is_file():
         dst.mkdir(parents=True, exist_ok=True)
         config = json.loads((src / "config.json").read_text())
         weights = load_file(str(src / "model.safetensors"))
         emb = weights["model.embed_tokens.weight"]
-        extra = torch.randn(1, emb.shape[1], generator=torch.Generator().manual_seed(7)) * emb.float().std()
-        weights["model.embed_tokens.weight"] = torch.cat([emb, extra.to(emb.dtype)])
-        config["vocab_size"] = emb.shape[0] + 1
+        extra = torch.randn(vocab - emb.shape[0], emb.shape[1], generator=torch.Generator().manual_seed(7))
+        weights["model.embed_tokens.weight"] = torch.cat([emb, (extra * emb.float().std()).to(emb.dtype)])
+        config["vocab_size"] = vocab
         save_file(weights, str(dst / "model.safetensors"))
         (dst / "config.json").write_text(json.dumps(config))
     return dst
@@ -199,7 +200,7 @@ def odd_vocab_checkpoint(root: Path, name: str = "gqa") -> Path:
 
 def case_odd_vocab(tp: int, root: str) -> dict:
     """vocab_size 385 at tp 2: NxD pads the lm_head; the padded columns must be masked, the real ones not."""
-    path = odd_vocab_checkpoint(Path(root))
+    path = vocab_checkpoint(Path(root), 385)
     model, cpu = neuron_model(path, tp), ZayaForCausalLM.from_pretrained(path)
     prompts = golden("gqa")["a_input_ids"]
     tokens = cpu.generate(prompts, max_new_tokens=6, eos_token_id=[])[:, prompts.shape[1]:]
@@ -207,6 +208,35 @@ def case_odd_vocab(tp: int, root: str) -> dict:
     expected = teacher_forced_logits(cpu, prompts, tokens[:, :-1])
     return {"vocab_size": model.config.vocab_size, "vs_cpu": diff(logits, expected),
             "last_column_vs_cpu": diff(logits[..., -1], expected[..., -1])}
+
+
+def case_nxdi_logit_check(tp: int, root: str, tokens: int = 16) -> dict:
+    """NxDI's check_accuracy_logits_v2 as zaya1.neuron.accuracy runs it (NxDI's HF adapter generating with
+    min_new_tokens, then logit_validation, here shims/validation_equivalent.py) with torch_neuronx's default
+    tolerances, on the golden gqa model grown to 1024 tokens (the default top-1000 tolerance needs >= 1000
+    columns): passes; against the same golden scaled by 1.1 (what a wrong model would give) it must fail."""
+    from neuronx_distributed_inference.utils.exceptions import LogitMatchingValidationError
+
+    from zaya1.neuron.accuracy import check_logits, expected_logits
+
+    path = vocab_checkpoint(Path(root), 1024)
+    model, cpu = neuron_model(path, tp), ZayaForCausalLM.from_pretrained(path)
+    prompts = golden("gqa")["a_input_ids"]
+    eos = cpu.config.eos_token_id
+    expected = expected_logits(cpu, prompts, tokens, eos)
+    uses = "torch_neuronx.testing.validation.logit_validation"
+    before = neuron_sdk_shims.EQUIVALENT_USES[uses]
+    results = check_logits(model, expected, prompts, eos)
+    try:
+        check_logits(model, expected * 1.1, prompts, eos)
+        scaled = "passed"
+    except LogitMatchingValidationError as exc:
+        scaled = str(exc).splitlines()[-1]
+    return {"positions_validated": [len(row) for row in results],
+            "max_error_all_columns": max(r["error_map"][None] for row in results for r in row),
+            "eos_masked_in_golden": bool(torch.isneginf(expected[..., eos]).all()),
+            "golden_tokens_without_eos": not bool(torch.isin(expected.argmax(-1), torch.tensor(eos)).any()),
+            "validations_run": neuron_sdk_shims.EQUIVALENT_USES[uses] - before, "scaled_golden": scaled}
 
 
 def refusal(model, prompts, **kwargs) -> str:
@@ -302,6 +332,7 @@ CASES = {
     "generate": lambda tp, root: case_generate(tp),
     "on_device_greedy": lambda tp, root: case_on_device_greedy(tp),
     "on_device_sampling": lambda tp, root: case_on_device_sampling(tp),
+    "nxdi_logit_check": case_nxdi_logit_check,
 }
 
 

@@ -1,6 +1,7 @@
 """NeuronZayaModel's CTE and TKG graphs lowered by torch-xla on CPU (lower_graphs.py, one process per model):
 no host (aten::) fallbacks, one graph for every prompt length / position of a bucket (no data-dependent
-shapes), one graph per token-generation bucket, and, at tp 1, outputs equal eager NxDI CPU mode within 1e-5.
+shapes), one graph per token-generation bucket, and, at tp 1, outputs equal eager NxDI CPU mode within 1e-5; at
+real width, the MoE's blocks follow the bucket (128 rows at 128 tokens, 256 at the 512-token bucket).
 The op inventory of every graph is saved under out/nxdi-cpu/ (ZAYA1_TEST_ARTIFACTS)."""
 import json
 import os
@@ -25,7 +26,12 @@ MODELS = {
                            "--tkg-buckets", "256,512"]),
     "real-width-tp4-b4": (["--model", "real-width", "--tp", "4", "--batch", "4", "--bucket", "128",
                            "--tkg-buckets", "256"]),
+    # the 512-token context bucket of the trn2 suite (CTX512_SETTINGS): the MoE's block-256 path at real width
+    "real-width-tp4-ctx512": (["--model", "real-width", "--tp", "4", "--batch", "1", "--bucket", "512",
+                               "--tkg-buckets", "1024"]),
 }
+# blockwise MoE rows of a context bucket: [blocks, block, hidden], 16 experts + (tokens - 16) // block blocks
+MOE_BLOCKS = {"real-width-tp4-b1": "f32[16,128,2048]", "real-width-tp4-ctx512": "f32[17,256,2048]"}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -56,3 +62,5 @@ def test_lowering(name, tmp_path):
         assert graphs[g]["hlo"] == graphs[f"{g}_other_positions"]["hlo"], g
     assert len({graphs[g]["hlo"] for g in tkg}) == len(tkg)  # one graph per token-generation bucket
     assert "dot" in graphs["cte"]["ops"] and "dot" in graphs[tkg[0]]["ops"]
+    if name in MOE_BLOCKS:  # the block size the bucket selects (moe.block_size_for)
+        assert MOE_BLOCKS[name] in graphs["cte"]["hlo"], name

@@ -2,11 +2,13 @@
 nkilib, libneuronxla), so that the REAL NxDI / NxD sources import and run in NxDI's CPU mode.
 
 Test-only. The table below holds exactly the names NxD / NxDI import at module level on the CPU path
-(../shared/vendor/nxdi-cpu-import-inventory.md). Each is one of:
+(../shared/vendor/nxdi-cpu-import-inventory.md) and on the import path of NxDI's accuracy utilities
+(utils/accuracy.py, which imports the mllama / llama4 / pixtral / llama models). Each is one of:
 
 * an equivalent: a trivial, documented stand-in (``get_platform_target() -> "trn2"``, a collectives
-  config that only holds its replica groups, enums / data classes that only name values); every use is
-  counted in ``EQUIVALENT_USES``;
+  config that only holds its replica groups, enums / data classes that only name values), or torch_neuronx's
+  test-only logit comparison reimplemented from its documented algorithm (validation_equivalent.py: what
+  NxDI's ``check_accuracy_logits_v2`` calls); every use is counted in ``EQUIVALENT_USES``;
 * a stub that raises ``ShimReached`` the moment it is called, instantiated or has an attribute read;
   every reach is recorded in ``REACHED``, so a test fails even where NxDI catches the exception.
 
@@ -23,6 +25,8 @@ import sys
 import types
 from collections import Counter
 from dataclasses import dataclass
+
+import validation_equivalent  # this folder is on sys.path wherever the shims are
 
 REACHED: list[str] = []
 EQUIVALENT_USES: Counter = Counter()
@@ -132,7 +136,15 @@ class SkipMode:
 
 # ---------------------------------------------------------------------------------------------- the table
 R = "raises"
-MODULE = object()  # a module whose attributes all raise
+
+
+class Module(dict):
+    """A module whose every attribute raises but the ones given (equivalents)."""
+
+
+MODULE = Module()  # a module whose attributes all raise
+# nki.language.tile_size: NKI's hardware constants; NxDI reads pmax (a tile's 128 partitions, NKI's docs) at import
+TILE_SIZE = _RaisingMeta("tile_size", (), {"_shim_name": "neuronxcc.nki.language.tile_size", "pmax": 128})
 HLO_PB2 = ("HloModuleProto", "HloComputationProto", "HloInstructionProto", "HloInputOutputAliasProto", "Kind")
 TRACE = ("get_torch_dtype", "HloArtifacts", "generate_neff", "NeffArtifacts", "hlo_entry_computation",
          "get_hlo_computation_by_id", "get_hlo_root_instruction", "XLA_DTYPE_TO_METANEFF_DTYPE")
@@ -143,17 +155,22 @@ SHIMS: dict[str, dict | object] = {
     "neuronxcc.nki": {"jit": "decorator"},
     "neuronxcc.nki._private_kernels.collectives": {"CollectivesConfig": CollectivesConfig},
     "neuronxcc.nki.compiler.backends.neuron.dimensions": {"VNC": R},
-    "neuronxcc.nki.kernels.attention": {"FlashConfig": R},
-    "neuronxcc.nki.language": MODULE,
+    "neuronxcc.nki.kernels.attention": {"FlashConfig": R, "attention_isa_kernel": R},
+    "neuronxcc.nki.language": Module(tile_size=TILE_SIZE),
     "nki": {"jit": "decorator"},
     "nki.isa": MODULE,
     "nki.language": {name: R for name in NKI_LANGUAGE},
+    # absent kernel: NxDI's import_nki_cte_attention_kernel reads getattr(module, "attention_cte", None) and
+    # falls back when it is None (modules/attention/attention_base.py)
+    "nkilib.core.attention.attention_cte": {},
     "nkilib.core.cumsum.cumsum": {"cumsum": R},
     "nkilib.core.max.cascaded_max": {"cascaded_max": R},
     "nkilib.core.moe.moe_cte.moe_cte_utils": {"BlockShardStrategy": BlockShardStrategy, "SkipMode": SkipMode},
+    "nkilib.core.mlp.mlp": {"mlp": R},
     "nkilib.core.moe_block.moe_block_tkg": {"moe_block_tkg": R},
     "nkilib.core.output_projection.output_projection_cte": {"output_projection_cte": R},
     "nkilib.core.qkv.qkv": {"qkv": R},
+    "nkilib.core.rmsnorm.rmsnorm_quant": {"rmsnorm_quant_kernel": R, "RmsNormQuantKernelArgs": R},
     "nkilib.core.subkernels.find_nonzero_indices": {"find_nonzero_indices": R},
     "nkilib.core.subkernels.indexed_flatten": {"indexed_flatten": R},
     "nkilib.core.topk": {"topk": R},
@@ -163,15 +180,18 @@ SHIMS: dict[str, dict | object] = {
         "QuantizationType": QuantizationType, "QKVWeightLayout": QKVWeightLayout, "GateUpDim": GateUpDim},
     "nkilib.core.utils.kernel_helpers": {"get_verified_program_sharding_info": R, "kernel_assert": R},
     "nkilib.core.utils.tensor_view": {"TensorView": R},
+    "nkilib.experimental.transformer.attention_block_tkg": {"attention_block_tkg": R},
     # ModelBuilder (trace/model_builder.py) requires the torch-neuronx 2.x line: the one matching torch 2.9
     "torch_neuronx": {"BucketModelConfig": R, "__version__": "2.9.0+shim"},
     "torch_neuronx.experimental.profiler.v2_x.custom_op_name": {"hlo_debug": R},
     "torch_neuronx.proto.metaneff_pb2": {"MetaNeff": R, "MetaTensor": R},
     "torch_neuronx.pyhlo.hlo_pb2": {name: R for name in HLO_PB2},
     "torch_neuronx.pyhlo.xla_data_pb2": {"PrimitiveType": R},
-    # not on the CPU path's import list, but NxDI's accuracy utilities import it (check_accuracy.py --nxdi-check)
-    "torch_neuronx.testing.validation": {name: R for name in ("custom_allclose", "logit_validation",
-                                                                "neuron_allclose", "AllCloseSummary")},
+    # not on the CPU path's import list, but NxDI's accuracy utilities import it (check_accuracy_logits_v2):
+    # logit_validation / custom_allclose are reimplemented from torch_neuronx's algorithm (validation_equivalent)
+    "torch_neuronx.testing.validation": {"custom_allclose": validation_equivalent.custom_allclose,
+                                         "logit_validation": validation_equivalent.logit_validation,
+                                         "neuron_allclose": R, "AllCloseSummary": R},
     "torch_neuronx.utils": {"get_platform_target": get_platform_target},
     "torch_neuronx.utils.utils": {"get_platform_target": get_platform_target, "SUPPORTED_TYPES": R},
     "torch_neuronx.xla_impl": MODULE,
@@ -190,11 +210,11 @@ TORCH_CLASSES = ("SPMDModel", "LayoutTransformation", "Runtime")
 
 
 def _build(name: str, spec) -> types.ModuleType:
-    module = (_RaisingModule if spec is MODULE else types.ModuleType)(name)
+    module = (_RaisingModule if isinstance(spec, Module) else types.ModuleType)(name)
     module.__file__ = __file__
     module.__path__ = []  # every shim may have submodules
     module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
-    for attr, value in ({} if spec is MODULE else spec).items():
+    for attr, value in spec.items():
         full = f"{name}.{attr}"
         if value == R:
             value = raising(full)

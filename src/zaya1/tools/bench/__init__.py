@@ -95,12 +95,8 @@ def _backends(spec: str) -> tuple[list[str], list[str]]:
 def run(args) -> int:
     """The benchmark; zaya1 runs with its defaults (the kernels this CPU's features select), or with F.linear
     everywhere under --exact-kernels (the previous choice is restored after)."""
-    previous = kernels.EXACT
-    kernels.use_exact_kernels(args.exact_kernels or previous)
-    try:
+    with kernels.exact_kernels(args.exact_kernels or kernels.EXACT):
         return _run(args)
-    finally:
-        kernels.use_exact_kernels(previous)
 
 
 def _run(args) -> int:
