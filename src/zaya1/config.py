@@ -1,7 +1,9 @@
 """One canonical ZAYA1 config, read from either checkpoint layout.
 
-* ``original``: Zyphra's own layout (ZAYA1-base): ``zaya_layers`` alternates attention ('a') and MoE (int
-  = number of experts) half-layers, per-half-layer lists for head counts and widths.
+* ``original``: Zyphra's own layout (ZAYA1-base, the ``-legacy`` copies): ``zaya_layers`` alternates attention
+  ('a') and MoE (int = number of experts) half-layers, per-half-layer lists for head counts and widths; or,
+  as in the legacy-8B json, scalars (``num_hidden_layers`` half-layers, ``num_experts``, ``ffn_hidden_size``,
+  ``zaya_mlp_expansion``, ``num_attention_heads`` query heads with ``head_dim``).
 * ``hf``: the upstream transformers layout (ZAYA1-8B): ``num_hidden_layers`` hybrid layers, each an
   attention block followed by a MoE block, ``layer_types`` of ``hybrid`` / ``hybrid_sliding``.
 
@@ -170,10 +172,12 @@ class ZayaConfig:
             fields = _fields_from_original(raw)
         elif "layer_types" in raw or "moe_intermediate_size" in raw or "router_hidden_size" in raw:
             fields = _fields_from_hf(raw)
+        elif any(name in raw for name in _ORIGINAL_SCALARS):
+            fields = _fields_from_original(raw)
         else:
-            raise ConfigError("the config is neither the original ZAYA1 layout (no 'zaya_layers') nor the "
-                              "Hugging Face layout (no 'layer_types' / 'moe_intermediate_size'). "
-                              "Is this a ZAYA1 checkpoint?")
+            raise ConfigError("the config is neither the original ZAYA1 layout (no 'zaya_layers' / "
+                              "'ffn_hidden_size' / 'zaya_mlp_expansion') nor the Hugging Face layout (no "
+                              "'layer_types' / 'moe_intermediate_size'). Is this a ZAYA1 checkpoint?")
         unknown = sorted(set(overrides) - _FIELD_NAMES)
         if unknown:
             raise ConfigError(f"unknown config override(s) {unknown}; valid fields: {sorted(_FIELD_NAMES)}")
@@ -207,6 +211,11 @@ _ORIGINAL_NAMES = {
     "router_hidden_size": "zaya_mlp_expansion", "rms_norm_eps": "norm_epsilon", "sliding_window": "swa_layers + 1",
     "rope_theta_sliding": "swa_rotary_base",
 }
+
+
+# fields only an original-layout config has, also where it gives scalars and no zaya_layers (the legacy-8B json)
+_ORIGINAL_SCALARS = ("zaya_mlp_expansion", "ffn_hidden_size", "ffn_hidden_size_list", "norm_epsilon",
+                     "num_query_groups", "num_query_groups_list", "cca_num_q_heads")
 
 
 def _require(raw: dict, *names: str) -> None:
@@ -327,17 +336,30 @@ def _uniform(values: list, name: str) -> Any:
     return values[0]
 
 
+def _half_layers(raw: dict) -> list:
+    """zaya_layers, or where a config gives scalars instead (the legacy-8B json: num_hidden_layers counts
+    half-layers, num_experts every MoE half-layer's experts) the list they describe."""
+    if "zaya_layers" in raw:
+        return raw["zaya_layers"]
+    _require(raw, "num_hidden_layers", "num_experts")
+    half, experts = _int(raw, "num_hidden_layers"), _int(raw, "num_experts")
+    if half <= 0 or half % 2:
+        raise ConfigError(f"num_hidden_layers={half} must be a positive even number of half-layers (attention and "
+                          f"MoE alternate) when zaya_layers is absent. Fix config.json or give zaya_layers.")
+    return ["a", experts] * (half // 2)
+
+
 def _fields_from_original(raw: dict) -> dict:
-    _require(raw, "vocab_size", "hidden_size", "zaya_layers")
+    _require(raw, "vocab_size", "hidden_size")
     _reject_biases(raw)
-    kinds = raw["zaya_layers"]
+    kinds = _half_layers(raw)
     if not isinstance(kinds, list) or not kinds or len(kinds) % 2:
         raise ConfigError(f"zaya_layers must be a non-empty list of even length, got {kinds!r}.")
     attn, moe = kinds[0::2], kinds[1::2]
     if any(k != "a" for k in attn) or any(isinstance(k, bool) or not isinstance(k, int) for k in moe):
         raise ConfigError(f"zaya_layers must alternate 'a' (attention) and an expert count (MoE), starting "
                           f"with 'a'; got {kinds!r}.")
-    n = len(kinds)  # never num_hidden_layers: the fork's default (120) is unreliable
+    n = len(kinds)  # zaya_layers wins over num_hidden_layers where both are given (the fork defaults it to 120)
     if _int(raw, "moe_router_topk", 1) != 1:
         raise ConfigError(f"moe_router_topk={raw['moe_router_topk']} is not supported: ZAYA1 routes top-1. "
                           f"Set it to 1.")
@@ -363,7 +385,12 @@ def _fields_from_original(raw: dict) -> dict:
     if q_heads[0] is None and (num_heads is None or num_heads <= 0):
         raise ConfigError(f"cca_num_q_heads is absent and num_attention_heads={num_heads!r}: one of them must "
                           f"give the CCA query heads. Fix config.json.")
-    nq = _uniform(q_heads[0::2], "cca_num_q_heads") if q_heads[0] is not None else num_heads // 2
+    # without cca_num_q_heads: the fork counts twice the query heads in num_attention_heads (head_dim =
+    # hidden / num_attention_heads); a config that states head_dim (the legacy-8B json) counts them once
+    if q_heads[0] is not None:
+        nq = _uniform(q_heads[0::2], "cca_num_q_heads")
+    else:
+        nq = num_heads if raw.get("head_dim") is not None else num_heads // 2
     nkv = _uniform(kv_heads[0::2], "num_query_groups_list")
     head_dim = _head_dim(raw, hidden, num_heads, "head_dim", "kv_channels")
     experts = _uniform(moe, "zaya_layers expert counts")

@@ -229,6 +229,12 @@ def _(c):
     load(c.with_config("hf", rms_norm_eps="tiny"))
 
 
+@case("config_legacy_odd_half_layers", ConfigError, "{ckpt}/config.json", "num_hidden_layers=3", "even",
+      "zaya_layers", what="scalar original-layout config (legacy-8B json) with an odd half-layer count")
+def _(c):
+    load(c.with_config("original", drop=("zaya_layers",), num_hidden_layers=3, num_experts=4))
+
+
 @case("config_per_layer_list_length", ConfigError, "{ckpt}/config.json", "cca_num_q_heads", "2 entries",
       "zaya_layers has 4", what="per-half-layer list of the wrong length (original layout)")
 def _(c):

@@ -75,6 +75,11 @@ TINY_CONFIGS = {
                     layer_types=["hybrid_sliding", "hybrid", "hybrid_sliding"], sliding_window=4),
     # one query head per KV head
     "mha2x2": dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=32),
+    # ZAYA1-74B-preview's structure (test_checkpoint_family.py): 16 query heads over 2 KV heads, query width half
+    # the hidden size, 24 experts as wide as the hidden size, full and sliding-window layers alternating
+    "zaya74b": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=16, num_key_value_heads=2, head_dim=4,
+                    num_experts=24, moe_intermediate_size=128, layer_types=["hybrid", "hybrid_sliding"] * 2,
+                    sliding_window=4),
 }
 
 COMMON = dict(vocab_size=160, num_experts=4, moe_intermediate_size=16, router_hidden_size=16, rms_norm_eps=2e-5,
