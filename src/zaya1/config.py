@@ -26,6 +26,12 @@ from .errors import CheckpointNotFoundError, ConfigError
 FULL, SLIDING = "full", "sliding"
 SKIP_OUTPUTS = ("zero", "scaled_input")
 LAYOUTS = ("original", "hf")
+# quantized experts (quantization.py): their formats, the mxfp4 scale group; compressed-tensors names fp8
+# weights "float-quantized" with activations quantized, "naive-quantized" without
+FP8, MXFP4 = "fp8", "mxfp4"
+EXPERT_FORMATS = (FP8, MXFP4)
+MX_GROUP = 32
+_FORMATS = {"float-quantized": FP8, "naive-quantized": FP8, "mxfp4-pack-quantized": MXFP4}
 # canonical fields that Hugging Face-style configs carry under the same names (vLLM's ModelConfig, NxDI's
 # InferenceConfig and models/model_base.py read them there)
 HF_NAMED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -62,6 +68,7 @@ class ZayaConfig:
     eos_token_id: list[int] = field(default_factory=lambda: [106])
     torch_dtype: str = "bfloat16"  # dtype the checkpoint declares
     layout: str = "hf"
+    expert_quantization: str | None = None  # "fp8" / "mxfp4": how the checkpoint stores the experts (quantization.py)
 
     def __post_init__(self):
         if not self.layer_types:
@@ -129,6 +136,12 @@ class ZayaConfig:
         need(self.skip_expert_output in SKIP_OUTPUTS,
              f"skip_expert_output={self.skip_expert_output!r}", f"Use one of {SKIP_OUTPUTS}.")
         need(self.layout in LAYOUTS, f"layout={self.layout!r}", f"Use one of {LAYOUTS}.")
+        need(self.expert_quantization in (None, *EXPERT_FORMATS), f"expert_quantization={self.expert_quantization!r}",
+             f"Use None (dense experts) or one of {EXPERT_FORMATS}.")
+        if self.expert_quantization == MXFP4:
+            need(self.hidden_size % MX_GROUP == 0 and self.moe_intermediate_size % MX_GROUP == 0,
+                 f"mxfp4 experts with hidden_size={self.hidden_size}, moe_intermediate_size="
+                 f"{self.moe_intermediate_size}", f"Both must be multiples of the {MX_GROUP}-column scale group.")
         for name in ("pad_token_id", "bos_token_id"):
             value = getattr(self, name)
             need(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0),
@@ -178,6 +191,8 @@ class ZayaConfig:
             raise ConfigError("the config is neither the original ZAYA1 layout (no 'zaya_layers' / "
                               "'ffn_hidden_size' / 'zaya_mlp_expansion') nor the Hugging Face layout (no "
                               "'layer_types' / 'moe_intermediate_size'). Is this a ZAYA1 checkpoint?")
+        if raw.get("quantization_config") is not None and "expert_quantization" not in fields:
+            fields["expert_quantization"] = expert_format(raw["quantization_config"])
         unknown = sorted(set(overrides) - _FIELD_NAMES)
         if unknown:
             raise ConfigError(f"unknown config override(s) {unknown}; valid fields: {sorted(_FIELD_NAMES)}")
@@ -211,6 +226,48 @@ _ORIGINAL_NAMES = {
     "router_hidden_size": "zaya_mlp_expansion", "rms_norm_eps": "norm_epsilon", "sliding_window": "swa_layers + 1",
     "rope_theta_sliding": "swa_rotary_base",
 }
+
+
+def expert_format(qc: dict) -> str:
+    """fp8 or mxfp4 from a compressed-tensors ``quantization_config``; ConfigError for anything zaya1 cannot
+    load exactly."""
+    def need(cond: bool, what: str) -> None:
+        if not cond:
+            raise ConfigError(f"quantization_config: {what}. zaya1 loads compressed-tensors checkpoints whose "
+                              f"experts only are quantized, as fp8 (float-/naive-quantized, channel or tensor scales) or "
+                              f"mxfp4 (mxfp4-pack-quantized); use such a checkpoint or a bf16 one.")
+
+    need(isinstance(qc, dict), f"must be a JSON object, got {qc!r}")
+    need(qc.get("quant_method") == "compressed-tensors",
+         f"quant_method={qc.get('quant_method')!r} is not supported (only 'compressed-tensors')")
+    groups = qc.get("config_groups")
+    need(isinstance(groups, dict) and bool(groups), "config_groups is missing or empty")
+    for name in ("kv_cache_scheme", "sparsity_config", "transform_config"):
+        need(not qc.get(name), f"{name}={qc.get(name)!r} is not supported")
+    formats = set()
+    for gname, group in groups.items():
+        need(isinstance(group, dict) and isinstance(group.get("weights"), dict),
+             f"config_groups.{gname} has no 'weights' scheme")
+        w, fmt = group["weights"], group.get("format") or qc.get("format")
+        need(fmt in _FORMATS, f"config_groups.{gname}: format={fmt!r} is not supported")
+        kind = _FORMATS[fmt]
+        need(w.get("type") == "float" and w.get("symmetric", True) is True and not w.get("dynamic"),
+             f"config_groups.{gname}.weights must be static symmetric float weights, got {w!r}")
+        if kind == FP8:
+            need(w.get("num_bits") == 8 and w.get("strategy") in ("channel", "tensor"),
+                 f"config_groups.{gname}.weights: fp8 needs num_bits 8 and strategy 'channel' or 'tensor', got "
+                 f"num_bits={w.get('num_bits')!r} strategy={w.get('strategy')!r}")
+        else:
+            need(w.get("num_bits") == 4 and w.get("strategy") == "group" and w.get("group_size") == MX_GROUP,
+                 f"config_groups.{gname}.weights: mxfp4 needs num_bits 4 in groups of {MX_GROUP}, got "
+                 f"num_bits={w.get('num_bits')!r} group_size={w.get('group_size')!r}")
+        for side in ("input_activations", "output_activations"):
+            act = group.get(side)
+            need(act is None or (side == "input_activations" and act.get("dynamic") is True),
+                 f"config_groups.{gname}.{side}={act!r}: only dynamic input activations are supported")
+        formats.add(kind)
+    need(len(formats) == 1, f"config groups mix formats {sorted(formats)}")
+    return formats.pop()
 
 
 # fields only an original-layout config has, also where it gives scalars and no zaya_layers (the legacy-8B json)

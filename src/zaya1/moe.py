@@ -40,6 +40,7 @@ from torch import nn
 from .config import ZayaConfig
 from .errors import ConfigError
 from .kernels import Linear, fp32_internals, linear, use_cpu_bf16_kernels, widen
+from .quantization import QuantizedWeight
 
 # the activations of transformers' ACT2FN that are one torch function (the same computation)
 _ACTIVATIONS = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh,
@@ -149,15 +150,19 @@ def cumsum_by_matmul(x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
 
 class ZayaExperts(nn.Module):
     """Stacked gated experts, act(gate) * up (SwiGLU with ZAYA1's silu). gate_up_proj [E, 2I, H] (rows: gate
-    then up), down_proj [E, H, I]; I is this rank's share of moe_intermediate_size. ``block_size`` None:
-    chosen per call from the token count (``block_size_for``)."""
+    then up), down_proj [E, H, I]; I is this rank's share of moe_intermediate_size. Both are parameters, or
+    for a quantized checkpoint QuantizedWeight (fp8 / mxfp4 as stored; indexing dequantizes the experts a step
+    reads). ``block_size`` None: chosen per call from the token count (``block_size_for``)."""
 
     def __init__(self, config: ZayaConfig, intermediate: int, block_size: int | None = None):
         super().__init__()
         self.num_experts, self.block_size = config.num_experts, block_size
         self.act = activation(config.hidden_act)
-        self.gate_up_proj = nn.Parameter(torch.empty(config.num_experts, 2 * intermediate, config.hidden_size))
-        self.down_proj = nn.Parameter(torch.empty(config.num_experts, config.hidden_size, intermediate))
+        shapes = {"gate_up_proj": (config.num_experts, 2 * intermediate, config.hidden_size),
+                  "down_proj": (config.num_experts, config.hidden_size, intermediate)}
+        for name, shape in shapes.items():  # quantized: stored codes + scales, dequantized where indexed
+            setattr(self, name, nn.Parameter(torch.empty(shape)) if config.expert_quantization is None
+                    else QuantizedWeight(config.expert_quantization, *shape))
 
     def _swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
         gate, up = gate_up.chunk(2, dim=-1)
