@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ZayaConfig
+from .config import FP8, ZayaConfig
 from .errors import ConfigError
 from .kernels import Linear, fp32_internals, linear, use_cpu_bf16_kernels, widen
 from .quantization import QuantizedWeight
@@ -168,6 +168,15 @@ class ZayaExperts(nn.Module):
         gate, up = gate_up.chunk(2, dim=-1)
         return self.act(gate) * up
 
+    def _bmm(self, x: torch.Tensor, proj, index: torch.Tensor) -> torch.Tensor:
+        """x [n, r, K] times the selected experts' weights [n, N, K]^T -> [n, r, N]. fp8 experts: the codes
+        go into the product and the row scales multiply its result, so a traced graph reads one byte per
+        weight and never holds a dequantized copy (the eager CPU path dequantizes: ``grouped``)."""
+        if isinstance(proj, QuantizedWeight) and proj.kind == FP8:
+            codes, scale = proj.codes[index].to(x.dtype), proj.scale[index].to(x.dtype)  # [n, N, K], [n, N, 1]
+            return torch.bmm(x, codes.transpose(1, 2)) * scale.transpose(1, 2)
+        return torch.bmm(x, proj[index].transpose(1, 2))
+
     def gather(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """x [T, H], expert [T] in [0, E), weight [T] -> [T, H]; reads T expert weight sets."""
         if x.device.type == "cpu" and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
@@ -176,8 +185,8 @@ class ZayaExperts(nn.Module):
             h = (self.gate_up_proj[expert].float() * widen(x)[:, None]).sum(-1).to(x.dtype)  # [T, 2I]
             out = (self.down_proj[expert].float() * widen(self._swiglu(h))[:, None]).sum(-1).to(x.dtype)
             return out * weight[:, None]
-        h = torch.bmm(x[:, None], self.gate_up_proj[expert].transpose(1, 2))  # [T, 1, 2I]
-        out = torch.bmm(self._swiglu(h), self.down_proj[expert].transpose(1, 2))[:, 0]
+        h = self._bmm(x[:, None], self.gate_up_proj, expert)  # [T, 1, 2I]
+        out = self._bmm(self._swiglu(h), self.down_proj, expert)[:, 0]
         return out * weight[:, None]
 
     def blockwise(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -194,8 +203,8 @@ class ZayaExperts(nn.Module):
         block_start = torch.arange(num_blocks, device=x.device, dtype=torch.float32)[:, None] * block
         block_expert = (group_end[None, :] <= block_start).sum(-1).clamp_max(num_experts - 1)  # [blocks]
         rows = x.new_zeros(num_blocks * block, hidden).index_copy(0, slot, x).view(num_blocks, block, hidden)
-        h = torch.bmm(rows, self.gate_up_proj[block_expert].transpose(1, 2))  # [blocks, block, 2I]
-        out = torch.bmm(self._swiglu(h), self.down_proj[block_expert].transpose(1, 2)).view(-1, hidden)
+        h = self._bmm(rows, self.gate_up_proj, block_expert)  # [blocks, block, 2I]
+        out = self._bmm(self._swiglu(h), self.down_proj, block_expert).view(-1, hidden)
         return out[slot] * weight[:, None]
 
     def grouped(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
