@@ -14,8 +14,10 @@ setup(
     # transformers < 5.40: the parity tests drive upstream's cache through past_key_values, removed in 5.40
     extras_require={
         "hf": ["transformers>=5.23,<5.40"],  # upstream ZayaForCausalLM: the CPU test reference and `zaya1 bench`
-        # torch-mlir: the native vLLM-Neuron compile route's StableHLO import (test_vllm_native_compile)
-        "test": ["pytest>=7", "transformers>=5.23,<5.40", "torch-mlir==20261001; platform_machine == 'x86_64'"],
+        # torch-mlir: the native vLLM-Neuron compile route's StableHLO import (test_vllm_native_compile);
+        # compressed-tensors: writes the quantized-expert test checkpoints and dequantizes transformers' reference
+        "test": ["pytest>=7", "transformers>=5.23,<5.40", "torch-mlir==20261001; platform_machine == 'x86_64'",
+                 "compressed-tensors>=0.20"],
         # Neuron: the SDK comes with the Neuron DLAMI's NxDI virtualenv, and NxDI pins transformers 4.57 (it fails
         # to import on 5.x), so these extras never name transformers or an SDK package: `pip install -e
         # ".[neuron-test]"` there finds everything else already installed and changes nothing (docs/vllm.md).

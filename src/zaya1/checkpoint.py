@@ -16,14 +16,20 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .config import ZayaConfig
+from .config import FP8, MXFP4, ZayaConfig
 from .errors import CheckpointError, CheckpointNotFoundError, InputError
 from .generation_config import GenerationDefaults
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 _FLOAT_STORAGE = {"F64", "F32", "F16", "BF16"}
-_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "U8": 1}
+# storage dtypes a destination of this dtype takes (quantized experts' codes and scales; every other weight float)
+_STORAGE_OF = {torch.float8_e4m3fn: {"F8_E4M3"}, torch.uint8: {"U8"}}
+_QUANTIZED_SUFFIXES = ("weight_scale", "weight_packed", "weight_zero_point", "weight_global_scale", "input_scale",
+                       "weight_shape")
+# the two tensors each quantized expert module stores (quantization.py): (codes, scale)
+SERIALIZED = {FP8: ("weight", "weight_scale"), MXFP4: ("weight_packed", "weight_scale")}
 # keys some exporters add that carry nothing we need
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq")
 
@@ -81,6 +87,18 @@ def _router_keys(t: dict, src: str, dst: str, layer: int, states: str, norm: str
     t[src + "balancing_biases"] = (dst + "balancing_biases", None)
 
 
+def _expert_keys(t: dict, cfg: ZayaConfig, modules: dict[str, tuple[str, object]]) -> None:
+    """Per-expert checkpoint modules -> (canonical stacked weight, index): dense ones store ``.weight``,
+    quantized ones (config.json's quantization_config) their format's codes and scale (quantization.py)."""
+    names = SERIALIZED.get(cfg.expert_quantization)
+    for module, (target, index) in modules.items():
+        if names is None:
+            t[module + ".weight"] = (target, index)
+        else:
+            t[f"{module}.{names[0]}"] = (target + ".codes", index)
+            t[f"{module}.{names[1]}"] = (target + ".scale", index)
+
+
 def hf_key_table(cfg: ZayaConfig) -> dict[str, tuple[str, object]]:
     half = cfg.num_key_value_heads * cfg.head_dim // 2
     t: dict[str, tuple[str, object]] = {
@@ -107,8 +125,16 @@ def hf_key_table(cfg: ZayaConfig) -> dict[str, tuple[str, object]]:
                 t[s + f"{merge}.{name}"] = (k["layer"] + f"{merge}.{name}", None)
         _router_keys(t, s + "mlp.gate.", k["router"], i, "router_states_scale", "router_mlp.norm.weight",
                      ("router_mlp.fc1", "router_mlp.fc2", "router_mlp.out_proj"))
-        t[s + "mlp.experts.gate_up_proj"] = (k["experts"] + "gate_up_proj", None)
-        t[s + "mlp.experts.down_proj"] = (k["experts"] + "down_proj", None)
+        if cfg.expert_quantization is None:
+            t[s + "mlp.experts.gate_up_proj"] = (k["experts"] + "gate_up_proj", None)
+            t[s + "mlp.experts.down_proj"] = (k["experts"] + "down_proj", None)
+        else:  # compressed-tensors stores one module per expert projection (transformers' per-expert names)
+            size = cfg.moe_intermediate_size
+            gate_up, down = k["experts"] + "gate_up_proj", k["experts"] + "down_proj"
+            _expert_keys(t, cfg, {name: entry for e in range(cfg.num_experts) for name, entry in (
+                (f"{s}mlp.experts.{e}.gate_proj", (gate_up, (e, slice(0, size)))),
+                (f"{s}mlp.experts.{e}.up_proj", (gate_up, (e, slice(size, 2 * size)))),
+                (f"{s}mlp.experts.{e}.down_proj", (down, e)))})
     if not cfg.tie_word_embeddings:
         t["lm_head.weight"] = ("lm_head.weight", None)
     return t
@@ -143,10 +169,9 @@ def original_key_table(cfg: ZayaConfig) -> dict[str, tuple[str, object]]:
         t[m + "input_norm.weight"] = (k["layer"] + "post_attention_layernorm.weight", None)
         _router_keys(t, m + "zaya_block.router.", k["router"], i, "router_states_scale", "rmsnorm_eda.weight",
                      ("router_mlp.0", "router_mlp.2", "router_mlp.4"))
-        for e in range(cfg.num_experts):
-            x = m + f"zaya_block.experts.local_experts.{e}."
-            t[x + "linear_fc1.weight"] = (k["experts"] + "gate_up_proj", e)
-            t[x + "linear_fc2.weight"] = (k["experts"] + "down_proj", e)
+        _expert_keys(t, cfg, {name: entry for e in range(cfg.num_experts) for name, entry in (
+            (m + f"zaya_block.experts.local_experts.{e}.linear_fc1", (k["experts"] + "gate_up_proj", e)),
+            (m + f"zaya_block.experts.local_experts.{e}.linear_fc2", (k["experts"] + "down_proj", e)))})
     if not cfg.tie_word_embeddings:
         t["lm_head.weight"] = ("lm_head.weight", None)
     return t
@@ -247,6 +272,9 @@ def _check_keys(cfg: ZayaConfig, table: dict, present: set[str], path: Path) -> 
         problems.append(f"missing {len(missing)} tensor(s): {_summarise(missing)}")
     if unexpected:
         problems.append(f"unexpected {len(unexpected)} tensor(s): {_summarise(unexpected)}")
+        if any(k.endswith(_QUANTIZED_SUFFIXES) for k in unexpected):
+            problems.append("quantized tensors outside the experts (or without a quantization_config in "
+                            "config.json) are not supported: only expert weights may be fp8 / mxfp4")
     if problems:
         raise CheckpointError(f"{path}: the weights do not match config.json ({cfg.layout} layout, "
                               f"{cfg.num_hidden_layers} layers, {cfg.num_experts} experts): " + "; ".join(problems)
@@ -278,20 +306,27 @@ def load_into(model: torch.nn.Module, cfg: ZayaConfig, path: str | Path, check_f
                         raise CheckpointError(f"{path / 'model.safetensors.index.json'} maps tensor {key!r} to "
                                               f"{file.name}, but that file does not hold it ({exc}). Restore the "
                                               f"original index and shards.") from None
-                    if dtype not in _FLOAT_STORAGE:
+                    stored = _STORAGE_OF.get(dest.dtype, _FLOAT_STORAGE)
+                    if dtype not in stored and stored is _FLOAT_STORAGE:
                         raise CheckpointError(f"{file}: tensor {key!r} is stored as {dtype}; only float32, "
-                                              f"bfloat16, float16 and float64 weights are supported (no "
-                                              f"quantized checkpoints). Use the original floating-point weights.")
+                                              f"bfloat16, float16 and float64 weights are supported, and quantized "
+                                              f"experts declared by config.json's quantization_config (fp8 / "
+                                              f"mxfp4). Use the original floating-point weights.")
+                    if dtype not in stored:
+                        raise CheckpointError(f"{file}: tensor {key!r} is stored as {dtype}, but config.json's "
+                                              f"quantization_config ({cfg.expert_quantization} experts) implies "
+                                              f"{sorted(stored)}. Check that config.json belongs to these weights.")
                     try:
                         tensor = f.get_tensor(key)
                     except (SafetensorError, OSError, RuntimeError) as exc:
                         raise CheckpointError(f"{file}: cannot read tensor {key!r} ({exc}); the file is truncated "
                                               f"or corrupt: download it again.") from None
-                    if tuple(tensor.shape) != tuple(dest.shape):
+                    per_tensor_scale = target.endswith(".scale") and tensor.numel() == 1  # fp8 'tensor' strategy
+                    if tuple(tensor.shape) != tuple(dest.shape) and not per_tensor_scale:
                         raise CheckpointError(f"{file}: tensor {key!r} has shape {list(tensor.shape)}, but "
                                               f"config.json implies {list(dest.shape)}. Check that config.json "
                                               f"belongs to these weights.")
-                    if check_finite and not torch.isfinite(tensor).all():
+                    if check_finite and stored is _FLOAT_STORAGE and not torch.isfinite(tensor).all():
                         raise CheckpointError(f"{file}: tensor {key!r} contains NaN or inf values; the checkpoint "
                                               f"is damaged: download it again.")
                     dest.copy_(tensor)

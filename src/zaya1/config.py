@@ -1,7 +1,9 @@
 """One canonical ZAYA1 config, read from either checkpoint layout.
 
-* ``original``: Zyphra's own layout (ZAYA1-base): ``zaya_layers`` alternates attention ('a') and MoE (int
-  = number of experts) half-layers, per-half-layer lists for head counts and widths.
+* ``original``: Zyphra's own layout (ZAYA1-base, the ``-legacy`` copies): ``zaya_layers`` alternates attention
+  ('a') and MoE (int = number of experts) half-layers, per-half-layer lists for head counts and widths; or,
+  as in the legacy-8B json, scalars (``num_hidden_layers`` half-layers, ``num_experts``, ``ffn_hidden_size``,
+  ``zaya_mlp_expansion``, ``num_attention_heads`` query heads with ``head_dim``).
 * ``hf``: the upstream transformers layout (ZAYA1-8B): ``num_hidden_layers`` hybrid layers, each an
   attention block followed by a MoE block, ``layer_types`` of ``hybrid`` / ``hybrid_sliding``.
 
@@ -24,6 +26,12 @@ from .errors import CheckpointNotFoundError, ConfigError
 FULL, SLIDING = "full", "sliding"
 SKIP_OUTPUTS = ("zero", "scaled_input")
 LAYOUTS = ("original", "hf")
+# quantized experts (quantization.py): their formats, the mxfp4 scale group; compressed-tensors names fp8
+# weights "float-quantized" with activations quantized, "naive-quantized" without
+FP8, MXFP4 = "fp8", "mxfp4"
+EXPERT_FORMATS = (FP8, MXFP4)
+MX_GROUP = 32
+_FORMATS = {"float-quantized": FP8, "naive-quantized": FP8, "mxfp4-pack-quantized": MXFP4}
 # canonical fields that Hugging Face-style configs carry under the same names (vLLM's ModelConfig, NxDI's
 # InferenceConfig and models/model_base.py read them there)
 HF_NAMED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -60,6 +68,7 @@ class ZayaConfig:
     eos_token_id: list[int] = field(default_factory=lambda: [106])
     torch_dtype: str = "bfloat16"  # dtype the checkpoint declares
     layout: str = "hf"
+    expert_quantization: str | None = None  # "fp8" / "mxfp4": how the checkpoint stores the experts (quantization.py)
 
     def __post_init__(self):
         if not self.layer_types:
@@ -127,6 +136,12 @@ class ZayaConfig:
         need(self.skip_expert_output in SKIP_OUTPUTS,
              f"skip_expert_output={self.skip_expert_output!r}", f"Use one of {SKIP_OUTPUTS}.")
         need(self.layout in LAYOUTS, f"layout={self.layout!r}", f"Use one of {LAYOUTS}.")
+        need(self.expert_quantization in (None, *EXPERT_FORMATS), f"expert_quantization={self.expert_quantization!r}",
+             f"Use None (dense experts) or one of {EXPERT_FORMATS}.")
+        if self.expert_quantization == MXFP4:
+            need(self.hidden_size % MX_GROUP == 0 and self.moe_intermediate_size % MX_GROUP == 0,
+                 f"mxfp4 experts with hidden_size={self.hidden_size}, moe_intermediate_size="
+                 f"{self.moe_intermediate_size}", f"Both must be multiples of the {MX_GROUP}-column scale group.")
         for name in ("pad_token_id", "bos_token_id"):
             value = getattr(self, name)
             need(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0),
@@ -170,10 +185,14 @@ class ZayaConfig:
             fields = _fields_from_original(raw)
         elif "layer_types" in raw or "moe_intermediate_size" in raw or "router_hidden_size" in raw:
             fields = _fields_from_hf(raw)
+        elif any(name in raw for name in _ORIGINAL_SCALARS):
+            fields = _fields_from_original(raw)
         else:
-            raise ConfigError("the config is neither the original ZAYA1 layout (no 'zaya_layers') nor the "
-                              "Hugging Face layout (no 'layer_types' / 'moe_intermediate_size'). "
-                              "Is this a ZAYA1 checkpoint?")
+            raise ConfigError("the config is neither the original ZAYA1 layout (no 'zaya_layers' / "
+                              "'ffn_hidden_size' / 'zaya_mlp_expansion') nor the Hugging Face layout (no "
+                              "'layer_types' / 'moe_intermediate_size'). Is this a ZAYA1 checkpoint?")
+        if raw.get("quantization_config") is not None and "expert_quantization" not in fields:
+            fields["expert_quantization"] = expert_format(raw["quantization_config"])
         unknown = sorted(set(overrides) - _FIELD_NAMES)
         if unknown:
             raise ConfigError(f"unknown config override(s) {unknown}; valid fields: {sorted(_FIELD_NAMES)}")
@@ -207,6 +226,53 @@ _ORIGINAL_NAMES = {
     "router_hidden_size": "zaya_mlp_expansion", "rms_norm_eps": "norm_epsilon", "sliding_window": "swa_layers + 1",
     "rope_theta_sliding": "swa_rotary_base",
 }
+
+
+def expert_format(qc: dict) -> str:
+    """fp8 or mxfp4 from a compressed-tensors ``quantization_config``; ConfigError for anything zaya1 cannot
+    load exactly."""
+    def need(cond: bool, what: str) -> None:
+        if not cond:
+            raise ConfigError(f"quantization_config: {what}. zaya1 loads compressed-tensors checkpoints whose "
+                              f"experts only are quantized, as fp8 (float-/naive-quantized, channel or tensor scales) or "
+                              f"mxfp4 (mxfp4-pack-quantized); use such a checkpoint or a bf16 one.")
+
+    need(isinstance(qc, dict), f"must be a JSON object, got {qc!r}")
+    need(qc.get("quant_method") == "compressed-tensors",
+         f"quant_method={qc.get('quant_method')!r} is not supported (only 'compressed-tensors')")
+    groups = qc.get("config_groups")
+    need(isinstance(groups, dict) and bool(groups), "config_groups is missing or empty")
+    for name in ("kv_cache_scheme", "sparsity_config", "transform_config"):
+        need(not qc.get(name), f"{name}={qc.get(name)!r} is not supported")
+    formats = set()
+    for gname, group in groups.items():
+        need(isinstance(group, dict) and isinstance(group.get("weights"), dict),
+             f"config_groups.{gname} has no 'weights' scheme")
+        w, fmt = group["weights"], group.get("format") or qc.get("format")
+        need(fmt in _FORMATS, f"config_groups.{gname}: format={fmt!r} is not supported")
+        kind = _FORMATS[fmt]
+        need(w.get("type") == "float" and w.get("symmetric", True) is True and not w.get("dynamic"),
+             f"config_groups.{gname}.weights must be static symmetric float weights, got {w!r}")
+        if kind == FP8:
+            need(w.get("num_bits") == 8 and w.get("strategy") in ("channel", "tensor"),
+                 f"config_groups.{gname}.weights: fp8 needs num_bits 8 and strategy 'channel' or 'tensor', got "
+                 f"num_bits={w.get('num_bits')!r} strategy={w.get('strategy')!r}")
+        else:
+            need(w.get("num_bits") == 4 and w.get("strategy") == "group" and w.get("group_size") == MX_GROUP,
+                 f"config_groups.{gname}.weights: mxfp4 needs num_bits 4 in groups of {MX_GROUP}, got "
+                 f"num_bits={w.get('num_bits')!r} group_size={w.get('group_size')!r}")
+        for side in ("input_activations", "output_activations"):
+            act = group.get(side)
+            need(act is None or (side == "input_activations" and act.get("dynamic") is True),
+                 f"config_groups.{gname}.{side}={act!r}: only dynamic input activations are supported")
+        formats.add(kind)
+    need(len(formats) == 1, f"config groups mix formats {sorted(formats)}")
+    return formats.pop()
+
+
+# fields only an original-layout config has, also where it gives scalars and no zaya_layers (the legacy-8B json)
+_ORIGINAL_SCALARS = ("zaya_mlp_expansion", "ffn_hidden_size", "ffn_hidden_size_list", "norm_epsilon",
+                     "num_query_groups", "num_query_groups_list", "cca_num_q_heads")
 
 
 def _require(raw: dict, *names: str) -> None:
@@ -327,17 +393,30 @@ def _uniform(values: list, name: str) -> Any:
     return values[0]
 
 
+def _half_layers(raw: dict) -> list:
+    """zaya_layers, or where a config gives scalars instead (the legacy-8B json: num_hidden_layers counts
+    half-layers, num_experts every MoE half-layer's experts) the list they describe."""
+    if "zaya_layers" in raw:
+        return raw["zaya_layers"]
+    _require(raw, "num_hidden_layers", "num_experts")
+    half, experts = _int(raw, "num_hidden_layers"), _int(raw, "num_experts")
+    if half <= 0 or half % 2:
+        raise ConfigError(f"num_hidden_layers={half} must be a positive even number of half-layers (attention and "
+                          f"MoE alternate) when zaya_layers is absent. Fix config.json or give zaya_layers.")
+    return ["a", experts] * (half // 2)
+
+
 def _fields_from_original(raw: dict) -> dict:
-    _require(raw, "vocab_size", "hidden_size", "zaya_layers")
+    _require(raw, "vocab_size", "hidden_size")
     _reject_biases(raw)
-    kinds = raw["zaya_layers"]
+    kinds = _half_layers(raw)
     if not isinstance(kinds, list) or not kinds or len(kinds) % 2:
         raise ConfigError(f"zaya_layers must be a non-empty list of even length, got {kinds!r}.")
     attn, moe = kinds[0::2], kinds[1::2]
     if any(k != "a" for k in attn) or any(isinstance(k, bool) or not isinstance(k, int) for k in moe):
         raise ConfigError(f"zaya_layers must alternate 'a' (attention) and an expert count (MoE), starting "
                           f"with 'a'; got {kinds!r}.")
-    n = len(kinds)  # never num_hidden_layers: the fork's default (120) is unreliable
+    n = len(kinds)  # zaya_layers wins over num_hidden_layers where both are given (the fork defaults it to 120)
     if _int(raw, "moe_router_topk", 1) != 1:
         raise ConfigError(f"moe_router_topk={raw['moe_router_topk']} is not supported: ZAYA1 routes top-1. "
                           f"Set it to 1.")
@@ -363,7 +442,12 @@ def _fields_from_original(raw: dict) -> dict:
     if q_heads[0] is None and (num_heads is None or num_heads <= 0):
         raise ConfigError(f"cca_num_q_heads is absent and num_attention_heads={num_heads!r}: one of them must "
                           f"give the CCA query heads. Fix config.json.")
-    nq = _uniform(q_heads[0::2], "cca_num_q_heads") if q_heads[0] is not None else num_heads // 2
+    # without cca_num_q_heads: the fork counts twice the query heads in num_attention_heads (head_dim =
+    # hidden / num_attention_heads); a config that states head_dim (the legacy-8B json) counts them once
+    if q_heads[0] is not None:
+        nq = _uniform(q_heads[0::2], "cca_num_q_heads")
+    else:
+        nq = num_heads if raw.get("head_dim") is not None else num_heads // 2
     nkv = _uniform(kv_heads[0::2], "num_query_groups_list")
     head_dim = _head_dim(raw, hidden, num_heads, "head_dim", "kv_channels")
     experts = _uniform(moe, "zaya_layers expert counts")

@@ -37,9 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ZayaConfig
+from .config import FP8, ZayaConfig
 from .errors import ConfigError
 from .kernels import Linear, fp32_internals, linear, use_cpu_bf16_kernels, widen
+from .quantization import QuantizedWeight
 
 # the activations of transformers' ACT2FN that are one torch function (the same computation)
 _ACTIVATIONS = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh,
@@ -149,19 +150,32 @@ def cumsum_by_matmul(x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
 
 class ZayaExperts(nn.Module):
     """Stacked gated experts, act(gate) * up (SwiGLU with ZAYA1's silu). gate_up_proj [E, 2I, H] (rows: gate
-    then up), down_proj [E, H, I]; I is this rank's share of moe_intermediate_size. ``block_size`` None:
-    chosen per call from the token count (``block_size_for``)."""
+    then up), down_proj [E, H, I]; I is this rank's share of moe_intermediate_size. Both are parameters, or
+    for a quantized checkpoint QuantizedWeight (fp8 / mxfp4 as stored; indexing dequantizes the experts a step
+    reads). ``block_size`` None: chosen per call from the token count (``block_size_for``)."""
 
     def __init__(self, config: ZayaConfig, intermediate: int, block_size: int | None = None):
         super().__init__()
         self.num_experts, self.block_size = config.num_experts, block_size
         self.act = activation(config.hidden_act)
-        self.gate_up_proj = nn.Parameter(torch.empty(config.num_experts, 2 * intermediate, config.hidden_size))
-        self.down_proj = nn.Parameter(torch.empty(config.num_experts, config.hidden_size, intermediate))
+        shapes = {"gate_up_proj": (config.num_experts, 2 * intermediate, config.hidden_size),
+                  "down_proj": (config.num_experts, config.hidden_size, intermediate)}
+        for name, shape in shapes.items():  # quantized: stored codes + scales, dequantized where indexed
+            setattr(self, name, nn.Parameter(torch.empty(shape)) if config.expert_quantization is None
+                    else QuantizedWeight(config.expert_quantization, *shape))
 
     def _swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
         gate, up = gate_up.chunk(2, dim=-1)
         return self.act(gate) * up
+
+    def _bmm(self, x: torch.Tensor, proj, index: torch.Tensor) -> torch.Tensor:
+        """x [n, r, K] times the selected experts' weights [n, N, K]^T -> [n, r, N]. fp8 experts: the codes
+        go into the product and the row scales multiply its result, so a traced graph reads one byte per
+        weight and never holds a dequantized copy (the eager CPU path dequantizes: ``grouped``)."""
+        if isinstance(proj, QuantizedWeight) and proj.kind == FP8:
+            codes, scale = proj.codes[index].to(x.dtype), proj.scale[index].to(x.dtype)  # [n, N, K], [n, N, 1]
+            return torch.bmm(x, codes.transpose(1, 2)) * scale.transpose(1, 2)
+        return torch.bmm(x, proj[index].transpose(1, 2))
 
     def gather(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """x [T, H], expert [T] in [0, E), weight [T] -> [T, H]; reads T expert weight sets."""
@@ -171,8 +185,8 @@ class ZayaExperts(nn.Module):
             h = (self.gate_up_proj[expert].float() * widen(x)[:, None]).sum(-1).to(x.dtype)  # [T, 2I]
             out = (self.down_proj[expert].float() * widen(self._swiglu(h))[:, None]).sum(-1).to(x.dtype)
             return out * weight[:, None]
-        h = torch.bmm(x[:, None], self.gate_up_proj[expert].transpose(1, 2))  # [T, 1, 2I]
-        out = torch.bmm(self._swiglu(h), self.down_proj[expert].transpose(1, 2))[:, 0]
+        h = self._bmm(x[:, None], self.gate_up_proj, expert)  # [T, 1, 2I]
+        out = self._bmm(self._swiglu(h), self.down_proj, expert)[:, 0]
         return out * weight[:, None]
 
     def blockwise(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -189,8 +203,8 @@ class ZayaExperts(nn.Module):
         block_start = torch.arange(num_blocks, device=x.device, dtype=torch.float32)[:, None] * block
         block_expert = (group_end[None, :] <= block_start).sum(-1).clamp_max(num_experts - 1)  # [blocks]
         rows = x.new_zeros(num_blocks * block, hidden).index_copy(0, slot, x).view(num_blocks, block, hidden)
-        h = torch.bmm(rows, self.gate_up_proj[block_expert].transpose(1, 2))  # [blocks, block, 2I]
-        out = torch.bmm(self._swiglu(h), self.down_proj[block_expert].transpose(1, 2)).view(-1, hidden)
+        h = self._bmm(rows, self.gate_up_proj, block_expert)  # [blocks, block, 2I]
+        out = self._bmm(self._swiglu(h), self.down_proj, block_expert).view(-1, hidden)
         return out[slot] * weight[:, None]
 
     def grouped(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ZayaConfig
+from .config import MX_GROUP, MXFP4, ZayaConfig
 from .errors import ConfigError
 
 
@@ -58,6 +58,10 @@ def check_tp(config: ZayaConfig, tp: int) -> None:
         raise ConfigError(f"tp_degree={tp} and {nkv} KV heads: one must divide the other.")
     if config.moe_intermediate_size % tp:
         raise ConfigError(f"tp_degree={tp} does not divide moe_intermediate_size={config.moe_intermediate_size}.")
+    if config.expert_quantization == MXFP4 and (config.moe_intermediate_size // tp) % MX_GROUP:
+        raise ConfigError(f"tp_degree={tp}: mxfp4 experts shard down_proj by whole {MX_GROUP}-column scale groups, "
+                          f"but moe_intermediate_size={config.moe_intermediate_size} / {tp} is not a multiple of "
+                          f"{MX_GROUP}; use a smaller tp_degree.")
 
 
 def padded_vocab(config: ZayaConfig, tp: int) -> int:
@@ -97,6 +101,10 @@ PARTITION_DIMS = {
     "conv_qk_depthwise.weight": 0, "conv_qk_depthwise.bias": 0, "conv_qk_grouped.weight": 0,
     "conv_qk_grouped.bias": 0, "self_attn.temp": 0, "o_proj.weight": 1,
     "experts.gate_up_proj": 1, "experts.down_proj": 2,
+    # quantized experts (quantization.py): codes and scales split like the weight they encode; an fp8
+    # down_proj's row scales [E, H, 1] are the same on every rank (concatenated, each rank's chunk is a copy)
+    "experts.gate_up_proj.codes": 1, "experts.gate_up_proj.scale": 1,
+    "experts.down_proj.codes": 2, "experts.down_proj.scale": 2,
 }
 
 
@@ -123,12 +131,12 @@ def shard_tensor(key: str, tensor: torch.Tensor, config: ZayaConfig, tp: int, ra
         return _head_rows(tensor, q_heads + [nq + j for j in kv_heads], d)
     if key.endswith("o_proj.weight"):
         return _head_rows(tensor, q_heads, d, dim=1)
-    if key.endswith("experts.gate_up_proj"):
+    if key.endswith(("experts.gate_up_proj", "experts.gate_up_proj.codes", "experts.gate_up_proj.scale")):
         size = tensor.shape[1] // 2 // tp
         gate, up = tensor.chunk(2, dim=1)
         return torch.cat([gate[:, rank * size:(rank + 1) * size], up[:, rank * size:(rank + 1) * size]], dim=1)
-    if key.endswith("experts.down_proj"):
-        return tensor.chunk(tp, dim=2)[rank].contiguous()
+    if key.endswith(("experts.down_proj", "experts.down_proj.codes", "experts.down_proj.scale")):
+        return tensor if tensor.shape[2] == 1 else tensor.chunk(tp, dim=2)[rank].contiguous()
     assert partition_dim(key) is None, f"no shard rule for {key}"
     return tensor
 

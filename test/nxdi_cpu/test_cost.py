@@ -77,6 +77,18 @@ def test_tkg_accounting():
     assert c.ops.get("concatenate", 0) > 0 and c.ops["dot"] > 0
 
 
+def test_fp8_experts_halve_the_expert_bytes():
+    """fp8 experts (--expert-dtype fp8): TKG reads each token's expert as 1-byte codes plus an fp32 scale per
+    row, gathered like the dense weights; the analytical minimum counts the same bytes."""
+    fp8 = CFG.replace(expert_quantization="fp8")
+    expert = (2 * 16 * H + H * 16) * 1 + (2 * 16 + H) * F32  # codes + row scales of one expert on a rank
+    c = cost.graph_cost(fp8, TP, B, 8, "tkg", torch.float32)[0]
+    assert c.expert_weight_bytes == LAYERS * B * expert
+    assert cost.minimum(fp8, TP, B, 8, "tkg", torch.float32)["expert_weight_bytes"] == LAYERS * B * expert
+    dense = graph("tkg", 8)
+    assert c.weight_bytes - c.expert_weight_bytes == dense.weight_bytes - dense.expert_weight_bytes
+
+
 def test_cte_accounting():
     c = graph("cte", 64)
     # 128 tokens, 4 experts: block_size_for picks 128 rows, so 4 + (128 - 4) // 128 = 4 blocks per layer
@@ -106,16 +118,23 @@ def test_minimum_tkg_by_hand():
     assert low["layer_expert_bytes"] == 4 * EXPERT
 
 
-@pytest.mark.parametrize("block_size", [None, 16])
-def test_lowered_steps_compute_the_eager_result(block_size):
+@pytest.mark.parametrize("block_size, experts", [(None, None), (16, None), (None, "fp8")])
+def test_lowered_steps_compute_the_eager_result(block_size, experts):
     """The graphs the cost model reads are the right ones: prefill (blockwise MoE, cumsum by matmul) and
     decode (cache scored in place) run on the XLA CPU device match the eager CPU model (grouped MoE, concatenated
-    cache), float32."""
+    cache), float32. fp8 experts: the graphs multiply by the codes and scale the products' rows; the eager
+    model dequantizes first."""
     import torch_xla
 
-    from zaya1.tools.demo import demo_model
+    from zaya1 import ZayaForCausalLM
+    from zaya1.tools.demo import demo_config, init_random_
 
-    model = demo_model().model
+    model = init_random_(ZayaForCausalLM(demo_config().replace(expert_quantization=experts))).eval().model
+    gen = torch.Generator().manual_seed(2)
+    for layer in model.layers if experts else []:
+        for w in (layer.mlp.experts.gate_up_proj, layer.mlp.experts.down_proj):
+            w.codes.copy_((16 * torch.randn(w.codes.shape, generator=gen)).to(w.codes.dtype))
+            w.scale.copy_(torch.rand(w.scale.shape, generator=gen) / (16 * w.shape[2] ** 0.5))
     for layer in model.layers:
         layer.mlp.experts.block_size = block_size
     gen = torch.Generator().manual_seed(1)

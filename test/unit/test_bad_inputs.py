@@ -229,6 +229,27 @@ def _(c):
     load(c.with_config("hf", rms_norm_eps="tiny"))
 
 
+@case("config_legacy_odd_half_layers", ConfigError, "{ckpt}/config.json", "num_hidden_layers=3", "even",
+      "zaya_layers", what="scalar original-layout config (legacy-8B json) with an odd half-layer count")
+def _(c):
+    load(c.with_config("original", drop=("zaya_layers",), num_hidden_layers=3, num_experts=4))
+
+
+@case("config_quantization_method", ConfigError, "{ckpt}/config.json", "quant_method='gptq'", "compressed-tensors",
+      what="a quantization method other than compressed-tensors")
+def _(c):
+    load(c.with_config("hf", quantization_config={"quant_method": "gptq", "bits": 4}))
+
+
+@case("config_quantization_format", ConfigError, "{ckpt}/config.json", "format='nvfp4-pack-quantized'", "mxfp4",
+      what="a compressed-tensors format zaya1 does not dequantize (here nvfp4)")
+def _(c):
+    load(c.with_config("hf", quantization_config={
+        "quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized", "config_groups": {"group_0": {
+            "targets": ["Linear"], "weights": {"num_bits": 4, "type": "float", "strategy": "tensor_group",
+                                               "group_size": 16, "symmetric": True, "dynamic": False}}}}))
+
+
 @case("config_per_layer_list_length", ConfigError, "{ckpt}/config.json", "cca_num_q_heads", "2 entries",
       "zaya_layers has 4", what="per-half-layer list of the wrong length (original layout)")
 def _(c):

@@ -103,6 +103,9 @@ def test_demo_prints_ids_and_readable_text(capsys):
     (["compile", "--model-path", GOLDEN, "--compiled-model-path", "/tmp/x", "--buckets", "a", "--tp-degree", 1,
       "--seq-len", 256, "--max-context-length", 128, "--dry-run"],
      ["zaya1 compile: error: --buckets 'a' must be comma-separated positive integers"]),
+    (["compile", "--model-path", GOLDEN, "--compiled-model-path", "/tmp/x", "--tp-degree", 1, "--seq-len", 256,
+      "--max-context-length", 128, "--expert-dtype", "fp8"],
+     ["zaya1 compile: error: --expert-dtype fp8 is not compiled yet", "--dry-run"]),
 ])
 def test_one_line_errors(capsys, argv, fragments):
     if "cuda:7" in argv and torch.cuda.device_count() > 7:

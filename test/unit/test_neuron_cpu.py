@@ -11,7 +11,9 @@ import zaya1
 from zaya1 import NeuronUnavailableError
 from zaya1.config import ZayaConfig
 from zaya1.neuron import missing_sdk_packages, sdk_available
+from zaya1.neuron.compile_cli import TRN2_LOGICAL_CORE_HBM
 from zaya1.simulated_tp import describe_plan
+from zaya_testlib import ZAYA1_74B
 
 ROOT = Path(__file__).parents[2]
 GOLDEN = ROOT / "test" / "data" / "golden" / "zaya1-original-gqa"
@@ -79,6 +81,26 @@ def test_plan_shapes_for_zaya1(tp):
     # KV heads: split while tp <= 2, then replicated (one per rank)
     assert f"k_proj [{256 // min(tp, 2)}, 2048]" in lines
     assert ("replicated across ranks" in lines) == (tp > 2)
+
+
+def plan_gib(config, tp: int, **kwargs) -> tuple[float, str]:
+    lines = describe_plan(config, tp, batch_size=1, seq_len=8192, dtype=torch.bfloat16,
+                          memory_per_rank=TRN2_LOGICAL_CORE_HBM, **kwargs)
+    return float(lines[-2].split("weights ")[1].split(" GiB")[0]), lines[-1]
+
+
+def test_74b_memory_plan_per_logical_core():
+    """ZAYA1-74B-preview at tp 4 on a trn2 logical core (24 GiB): bf16 weights do not fit; fp8 experts (1 byte
+    per expert weight plus an fp32 scale per row) do, and the plan's bytes are exactly that saving."""
+    config = ZayaConfig.from_dict(ZAYA1_74B)
+    bf16, bf16_fit = plan_gib(config, 4)
+    fp8, fp8_fit = plan_gib(config.replace(expert_quantization="fp8"), 4)
+    c, tp = config, 4
+    experts = c.num_hidden_layers * c.num_experts * 3 * c.hidden_size * c.moe_intermediate_size // tp
+    rows = c.num_hidden_layers * c.num_experts * (2 * c.moe_intermediate_size // tp + c.hidden_size)
+    assert abs(fp8 - (bf16 - (experts - 4 * rows) / 2 ** 30)) <= 0.01
+    assert "does NOT fit" in bf16_fit and "fits" in fp8_fit
+    assert "fits" in plan_gib(config, 8)[1]  # bf16 across two chips' logical cores (trn2.48xlarge)
 
 
 def test_compile_dry_run_prints_the_plan_without_the_sdk(tmp_path):

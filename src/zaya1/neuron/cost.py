@@ -124,7 +124,8 @@ def lower_step(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str,
         if block_size is not None:
             layer.mlp.experts.block_size = block_size
     torch_xla.sync()  # the weights become device data (HLO parameters), not constants
-    named = {id(p): _role(n) for n, p in model.named_parameters()}
+    weights = [*model.named_parameters(), *model.named_buffers()]  # buffers: quantized experts' codes, scales
+    named = {id(p): _role(n) for n, p in weights}
     shard, d = model.shard, config.head_dim
     tensors: dict[int, tuple[str, torch.Tensor]] = {}
 
@@ -152,7 +153,7 @@ def lower_step(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str,
                "state": sum(t.numel() * t.element_size() for s in steps for t in (s.conv, s.value_prev))}
     hlo = torch_xla._XLAC._get_xla_tensors_hlo(outputs)
     ids_, values = torch_xla._XLAC._get_tensors_xla_device_data_node(outputs)
-    for p in model.parameters():
+    for _, p in weights:
         tensors[torch_xla._XLAC._xla_get_tensor_id(p)] = (named[id(p)], p)
     # the graph's device data, in HLO parameter order; both orders and the tensors are checked by shape
     hlo_shapes = {i.parameter_number: i.shapes[0][1] for i in parse_entry(hlo) if i.opcode == "parameter"}
@@ -188,10 +189,13 @@ def minimum(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dt
     vocab_local = model.embed_tokens.weight.shape[0]
     tokens = batch * (bucket if graph == "cte" else 1)
     expert_elems = experts.gate_up_proj[0].numel() + experts.down_proj[0].numel()
+    # bytes of one expert: as stored (quantized: codes + scales), else the model dtype's
+    expert_bytes = (sum(t[0].numel() * t.element_size() for t in experts.buffers()) if config.expert_quantization
+                    else expert_elems * size)
     per_layer = sum(p.numel() for n, p in layer.named_parameters() if ".experts." not in n)
     weights = (vocab_local * h + tokens * h + layers * per_layer + model.norm.weight.numel()
                + model.input_scale.hidden_states_scale.numel() * 2) * size
-    experts_read = layers * min(tokens, config.num_experts) * expert_elems * size
+    experts_read = layers * min(tokens, config.num_experts) * expert_bytes
     kv_token = 2 * model.shard.kv_heads * d * size * layers
     state_seq = ((model.shard.q_heads + model.shard.kv_heads) * d * config.conv_state_len
                  + model.shard.kv_heads * d) * size * layers
@@ -208,7 +212,7 @@ def minimum(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dt
     macs = tokens * layers * (linear_macs + conv_macs + router_macs + expert_elems)
     macs += layers * pairs * 2 * attn.nq * d + batch * vocab_local * h
     return {"weight_bytes": weights + experts_read, "expert_weight_bytes": experts_read, "kv_bytes": kv,
-            "state_bytes": state, "flops": 2 * macs, "expert_flops": expert_flops, "layer_expert_bytes": config.num_experts * expert_elems * size}
+            "state_bytes": state, "flops": 2 * macs, "expert_flops": expert_flops, "layer_expert_bytes": config.num_experts * expert_bytes}
 
 
 def trn2_ms(nbytes: int, flops: int, tp: int) -> float:
@@ -275,6 +279,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cte-buckets", type=int, nargs="*", default=[128, 512, 2048])
     p.add_argument("--tkg-buckets", type=int, nargs="*", default=[4096])
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    p.add_argument("--expert-dtype", choices=("model", "fp8"), default="model",
+                   help="experts in --dtype, or fp8 e4m3 codes with row scales dequantized in the graph")
     p.add_argument("--block-size", type=int, help="CTE blockwise MoE block size (default: chosen from the bucket)")
     p.add_argument("--json", help="also write every case (with the materialised op list) to this file")
 
@@ -284,10 +290,13 @@ def run(args) -> int:
     if args.layers < 2:
         raise ConfigError(f"--layers {args.layers}: lower at least 2 layers (the first has no EDA state).")
     config = ZayaConfig.from_pretrained(args.model) if args.model else ZayaConfig()
+    if args.expert_dtype == "fp8":
+        config = config.replace(expert_quantization="fp8")
     dtype = DTYPES[args.dtype]
     rows = [case(config, args.tp, b, s, g, dtype, args.layers, args.block_size) for g, buckets in
             (("cte", args.cte_buckets), ("tkg", args.tkg_buckets)) for b in args.batch for s in buckets]
-    print(f"one rank of tp={args.tp}, {args.dtype}, {config.num_hidden_layers} layers (lowered {args.layers} "
+    print(f"one rank of tp={args.tp}, {args.dtype}, experts {config.expert_quantization or args.dtype}, "
+          f"{config.num_hidden_layers} layers (lowered {args.layers} "
           f"and {args.layers + 1}, extrapolated); trn2 ms is an ESTIMATE (roofline, no measurement)")
     print(format_table(rows))
     if args.json:

@@ -26,14 +26,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
-               "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8}
+               "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "f8e4m3fn": 1, "f8e5m2": 1}
 LAYOUT_ONLY = {"reshape", "transpose", "convert", "copy", "bitcast", "bitcast-convert"}
 SELECTIONS = {"gather", "dynamic-slice", "slice"}
 MATERIALISING = {"gather", "concatenate", "dynamic-slice"}
 COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute"}
 MATERIALISED_MIN = 1 << 20
 
-_SHAPE = re.compile(r"(pred|[a-z]+\d+)\[([^\]]*)\]")
+_SHAPE = re.compile(r"(pred|f8e\d+m\d+(?:fn)?|[a-z]+\d+)\[([^\]]*)\]")
 _NAME = re.compile(r"%([\w.\-]+)")
 
 

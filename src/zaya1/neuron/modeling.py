@@ -104,6 +104,11 @@ class ZayaInferenceConfig(InferenceConfig):
             self.zaya = ZayaConfig.from_pretrained(self._name_or_path).to_dict()
         zaya = self.zaya_config
         check_tp(zaya, self.neuron_config.tp_degree)
+        if zaya.expert_quantization is not None:
+            where = getattr(self, "_name_or_path", None) or "config.json"
+            raise ConfigError(f"{where}: {zaya.expert_quantization} experts (config.json's quantization_config) are "
+                              f"not supported on Neuron yet: the NxDI graphs hold experts in the model dtype. "
+                              f"Compile the bf16 checkpoint (e.g. Zyphra/ZAYA1-8B).")
         # the fields NxDI reads by their Hugging Face names (models/model_base.py, modules/kvcache); not
         # sliding_window: ZAYA1's own modules apply the window, NxDI's attention paths are not used
         for name in HF_NAMED_FIELDS:

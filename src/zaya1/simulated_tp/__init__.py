@@ -148,12 +148,15 @@ class RankStates(list):
         return self[0].max_seq
 
 
-def describe_plan(config: ZayaConfig, tp: int, batch_size: int, seq_len: int, dtype: torch.dtype) -> list[str]:
-    """Human-readable sharding plan: per-rank heads, shapes and bytes (weights, KV cache, CCA state)."""
+def describe_plan(config: ZayaConfig, tp: int, batch_size: int, seq_len: int, dtype: torch.dtype,
+                  memory_per_rank: int | None = None) -> list[str]:
+    """Human-readable sharding plan: per-rank heads, shapes and bytes (weights, quantized experts as stored,
+    KV cache, CCA state); with ``memory_per_rank`` (bytes, e.g. a trn2 logical core's HBM) whether they fit
+    and how many more KV tokens would."""
     check_tp(config, tp)
     with torch.device("meta"):
         rank_model = ZayaForCausalLM(config, ThreadComm(_ThreadGroup(tp), 0)).to(dtype)
-    weights = sum(p.numel() * p.element_size() for p in rank_model.parameters())
+    weights = sum(t.numel() * t.element_size() for t in [*rank_model.parameters(), *rank_model.buffers()])
     cache = ZayaState(rank_model.model, batch_size, seq_len)  # on the meta device: shapes, no memory
     kv = cache.nbytes_per_token() * batch_size * seq_len
     state = cache.nbytes_per_sequence() * batch_size
@@ -173,4 +176,13 @@ def describe_plan(config: ZayaConfig, tp: int, batch_size: int, seq_len: int, dt
         f"router replicated; vocab rows {rank_model.model.embed_tokens.weight.shape[0]}",
         f"per rank bytes: weights {size(weights)}, KV cache {size(kv)} (batch {batch_size} x {seq_len} tokens), "
         f"CCA state {size(state)}",
-    ]
+    ] + ([] if memory_per_rank is None else [_fit(memory_per_rank, weights + kv + state,
+                                                   cache.nbytes_per_token(), size)])
+
+
+def _fit(memory: int, used: int, per_token: int, size) -> str:
+    left = memory - used
+    verdict = (f"fits: {size(left)} left = {left // per_token:,} more KV tokens (batch x seq)" if left >= 0
+               else f"does NOT fit: {size(-left)} over")
+    return (f"per rank memory {size(memory)}: weights + KV + state {size(used)} ({100 * used / memory:.0f}%), "
+            f"{verdict}; before runtime overhead and compiler scratch")

@@ -1,0 +1,225 @@
+"""Quantized-expert checkpoints (the format of ZAYA1-8B-FP8-Experts / -MXFP4-Experts): tiny upstream models
+whose experts are quantized and written by the compressed-tensors package as llm-compressor writes them (one
+Linear module per expert projection, weight-only or FP8_DYNAMIC schemes, ``ignore`` everything that is not an
+expert), loaded by zaya1 and by transformers + compressed-tensors.
+
+Upstream transformers has no ZAYA entry in its conversion mapping, so it cannot merge per-expert modules by
+itself: the reference registers for "zaya" the mapping it uses for every Qwen2-style MoE
+(``experts.*.gate_proj`` + ``up_proj`` -> ``gate_up_proj``, ``down_proj``); its compressed-tensors quantizer
+then dequantizes the experts on load (``CompressedTensorsDequantize``). Needs compressed-tensors (the test
+extra); skipped without it unless ZAYA1_REQUIRE_UPSTREAM=1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import zaya1
+from zaya1 import simulated_tp
+from zaya1.checkpoint import KEY_TABLES
+from zaya_testlib import TOL, build_hf_checkpoint, hf_config, load_hf, max_diff, upstream
+
+pytestmark = pytest.mark.usefixtures("inference")
+
+IGNORE = "re:^(?!.*experts).*$"  # the published MXFP4-Experts config's ignore (test/data/configs/README.md)
+# name: (compressed-tensors preset whose weights, and input activations where dynamic, are used; zaya1's format)
+SCHEMES = {"fp8-channel": ("FP8_DYNAMIC", "fp8"), "fp8-tensor": ("FP8", "fp8"), "mxfp4": ("MXFP4A16", "mxfp4")}
+
+
+def compressed_tensors():
+    try:
+        import compressed_tensors
+    except ImportError:
+        reason = "needs compressed-tensors (pip install -e '.[test]') to write and dequantize the reference"
+        if os.environ.get("ZAYA1_REQUIRE_UPSTREAM") == "1":
+            pytest.fail(f"ZAYA1_REQUIRE_UPSTREAM=1: {reason}")
+        pytest.skip(reason)
+    return compressed_tensors
+
+
+def write_quantized(hf, path, preset: str) -> None:
+    """``hf``'s weights with every expert projection quantized by compressed-tensors: its per-expert Linear
+    modules get the preset's scheme, weight scales from min/max (``calculate_qparams``, as llm-compressor's
+    observers), are compressed by ``ModelCompressor`` and saved beside the dense rest; config.json gains the
+    compressor's quantization_config."""
+    compressed_tensors()
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme, apply_quantization_config
+    from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    config, size = hf.config, hf.config.moe_intermediate_size
+    dense = {k: v.to(torch.bfloat16) if "balancing" not in k else v for k, v in hf.state_dict().items()
+             if "rotary" not in k and k != "lm_head.weight"}
+    experts = nn.Module()  # the projections under their checkpoint names
+    for i in range(config.num_hidden_layers):
+        gate_up = dense.pop(f"model.layers.{i}.mlp.experts.gate_up_proj")
+        down = dense.pop(f"model.layers.{i}.mlp.experts.down_proj")
+        for e in range(config.num_experts):
+            for name, w in (("gate_proj", gate_up[e, :size]), ("up_proj", gate_up[e, size:]), ("down_proj", down[e])):
+                linear = nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=torch.bfloat16)
+                linear.weight.data.copy_(w)
+                parent = experts
+                for part in f"model.layers.{i}.mlp.experts.{e}".split("."):
+                    if not hasattr(parent, part):
+                        parent.add_module(part, nn.Module())
+                    parent = getattr(parent, part)
+                parent.add_module(name, linear)
+    parts = dict(PRESET_SCHEMES[preset])
+    if parts.get("input_activations") is not None and not parts["input_activations"].dynamic:
+        del parts["input_activations"]  # weight-only: static activation scales would need calibration data
+    scheme = QuantizationScheme(targets=["Linear"], **parts)
+    apply_quantization_config(experts, QuantizationConfig(config_groups={"group_0": scheme}, ignore=[IGNORE]))
+    for module in experts.modules():
+        if getattr(module, "quantization_scheme", None) is None:
+            continue
+        args, w = module.quantization_scheme.weights, module.weight.data
+        if args.strategy == "channel":
+            lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
+        elif args.strategy == "tensor":
+            lo, hi = w.amin(), w.amax()
+        else:
+            groups = w.unflatten(-1, (-1, args.group_size))
+            lo, hi = groups.amin(-1), groups.amax(-1)
+        scale, _ = calculate_qparams(lo, hi, args)
+        module.weight_scale.data.copy_(scale.reshape(module.weight_scale.shape))
+    compressor = ModelCompressor.from_pretrained_model(experts)
+    compressor.compress_model(experts)
+    compressor.quantization_config.ignore = [IGNORE]
+    save_file(dense | {k: v.contiguous() for k, v in experts.state_dict().items()}, str(path / "model.safetensors"))
+    config.save_pretrained(path)
+    compressor.update_config(str(path))
+
+
+@contextlib.contextmanager
+def transformers_merges_zaya_experts():
+    """transformers' Qwen2-style per-expert merge registered for "zaya" while the block runs."""
+    from transformers import conversion_mapping as cm
+
+    cm.register_checkpoint_conversion_mapping("zaya", cm.get_checkpoint_conversion_mapping("qwen2_moe"))
+    try:
+        yield
+    finally:
+        cm._checkpoint_conversion_mapping_cache.pop("zaya", None)
+        cm.USER_REGISTERED_MAPPINGS.discard("zaya")
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    """A tiny upstream model whose widths suit every format (mxfp4 groups of 32 columns)."""
+    compressed_tensors()
+    path = tmp_path_factory.mktemp("dense")
+    return build_hf_checkpoint(path, hf_config("gqa8x2", moe_intermediate_size=64), seed=5)
+
+
+@pytest.fixture(scope="module", params=SCHEMES)
+def quantized(request, dense, tmp_path_factory):
+    preset, kind = SCHEMES[request.param]
+    path = tmp_path_factory.mktemp(request.param)
+    write_quantized(dense, path, preset)
+    with transformers_merges_zaya_experts():
+        reference = {torch.float32: load_hf(path), torch.bfloat16: load_hf(path, dtype=torch.bfloat16)}
+    for param in reference[torch.float32].model.parameters():  # transformers leaves mxfp4 experts in the
+        param.data = param.data.float()  # decompressor's bf16 under dtype=float32: upcast (exact)
+    return request.param, kind, path, reference
+
+
+def prompts(vocab: int, seed: int, batch: int = 2, length: int = 12) -> torch.Tensor:
+    return torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_config_recognised(quantized):
+    name, kind, path, _ = quantized
+    raw = json.loads((path / "config.json").read_text())["quantization_config"]
+    assert raw["ignore"] == [IGNORE] and raw["quant_method"] == "compressed-tensors"
+    assert zaya1.ZayaConfig.from_pretrained(path).expert_quantization == kind
+
+
+def test_experts_stay_quantized_and_dequantize_like_transformers(quantized):
+    """In memory: the stored codes (fp8 e4m3: 1 byte per weight; mxfp4: half a byte plus a 1-byte scale per
+    32) and no dense expert tensor; dequantized: bit-identical to transformers' experts."""
+    name, kind, path, reference = quantized
+    ours = zaya1.ZayaForCausalLM.from_pretrained(path)
+    experts = ours.model.layers[0].mlp.experts
+    assert not any(".experts." in n for n, _ in ours.named_parameters())
+    codes = {"fp8": torch.float8_e4m3fn, "mxfp4": torch.uint8}[kind]
+    assert experts.gate_up_proj.codes.dtype == experts.down_proj.codes.dtype == codes
+    c = ours.config
+    stored = sum(b.numel() * b.element_size() for n, b in ours.named_buffers() if ".experts." in n)
+    weights = c.num_hidden_layers * c.num_experts * 3 * c.hidden_size * c.moe_intermediate_size
+    rows = c.num_hidden_layers * c.num_experts * (2 * c.moe_intermediate_size + c.hidden_size)
+    assert stored == {"fp8": weights + 4 * rows, "mxfp4": weights // 2 + weights // 32}[kind]  # fp8: fp32 row scales
+    for i, layer in enumerate(reference[torch.float32].model.layers):
+        for proj in ("gate_up_proj", "down_proj"):
+            ours_w = getattr(ours.model.layers[i].mlp.experts, proj)[torch.arange(ours.config.num_experts)]
+            assert torch.equal(ours_w, getattr(layer.mlp.experts, proj).data), (i, proj)
+
+
+def test_logits_match_transformers(quantized, report):
+    name, kind, path, reference = quantized
+    ours, hf = zaya1.ZayaForCausalLM.from_pretrained(path), reference[torch.float32]
+    ids = prompts(ours.config.vocab_size, seed=1)
+    assert report(f"{name} experts full-sequence", max_diff(ours(ids).logits, hf(ids).logits)) <= TOL
+    ours.dispatch = "blockwise"  # the traced prefill's static dispatch reads the same dequantized experts
+    assert report(f"{name} experts blockwise dispatch", max_diff(ours(ids).logits, hf(ids).logits)) <= TOL
+    ours.dispatch = "grouped"
+    expected = hf.generate(ids, max_new_tokens=8, do_sample=False)
+    assert torch.equal(ours.generate(ids, max_new_tokens=8), expected)
+
+
+def save_twin(model, path, layout: str, dense: bool) -> None:
+    """``model``'s weights as a checkpoint of ``layout`` under zaya1's key tables: its experts as stored, or
+    dequantized (float32) into a dense checkpoint."""
+    config = model.config.replace(layout=layout, expert_quantization=None if dense else model.config.expert_quantization)
+    canonical = model.state_dict()
+    if dense:
+        for i, layer in enumerate(model.model.layers):
+            for proj in ("gate_up_proj", "down_proj"):
+                canonical[f"model.layers.{i}.mlp.experts.{proj}"] = getattr(layer.mlp.experts, proj)[
+                    torch.arange(config.num_experts)]
+    tensors = {key: (canonical[target] if index is None else canonical[target][index]).contiguous()
+               for key, (target, index) in KEY_TABLES[layout](config).items()}
+    save_file(tensors, str(path / "model.safetensors"))
+    (path / "config.json").write_text(config.to_json())
+
+
+def test_bfloat16_equals_the_dense_model(quantized, tmp_path):
+    """zaya1's bf16 path on quantized experts computes exactly what it computes on a dense checkpoint holding
+    the dequantized experts (whose bf16 accuracy the dense tests hold to the standard): the experts are
+    dequantized to bf16 as transformers' bf16 load does, and nothing else changes."""
+    name, kind, path, _ = quantized
+    ours = zaya1.ZayaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    assert ours.model.layers[0].mlp.experts.gate_up_proj.codes.dtype != torch.bfloat16  # the cast kept the codes
+    save_twin(zaya1.ZayaForCausalLM.from_pretrained(path), tmp_path, "hf", dense=True)
+    dense = zaya1.ZayaForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    ids = prompts(ours.config.vocab_size, seed=2, batch=4, length=16)
+    assert torch.equal(ours(ids).logits, dense(ids).logits)
+    assert torch.equal(ours.generate(ids, max_new_tokens=6), dense.generate(ids, max_new_tokens=6))
+
+
+def test_original_layout_twin(quantized, tmp_path):
+    """The same quantized experts under the original layout's per-expert names (linear_fc1 = gate and up)
+    give the same logits as the HF-layout checkpoint."""
+    name, kind, path, _ = quantized
+    hf_layout = zaya1.ZayaForCausalLM.from_pretrained(path)
+    save_twin(hf_layout, tmp_path, "original", dense=False)
+    twin = zaya1.ZayaForCausalLM.from_pretrained(tmp_path)
+    assert twin.config.layout == "original" and twin.config.expert_quantization == kind
+    ids = prompts(twin.config.vocab_size, seed=3)
+    assert torch.equal(twin(ids).logits, hf_layout(ids).logits)
+
+
+@pytest.mark.parametrize("tp", [2])
+def test_simulated_tp(quantized, report, tp):
+    """Quantized experts split over ranks like the weights they encode (codes, row scales, mxfp4 scale groups)."""
+    name, kind, path, reference = quantized
+    model = simulated_tp.from_pretrained(path, dtype=torch.float32, tp_degree=tp)
+    assert model.ranks[0].model.layers[0].mlp.experts.down_proj.codes.dtype != torch.float32
+    ids = prompts(model.config.vocab_size, seed=4)
+    assert report(f"{name} experts tp={tp}", max_diff(model(ids).logits, reference[torch.float32](ids).logits)) <= TOL
