@@ -223,3 +223,46 @@ def test_simulated_tp(quantized, report, tp):
     assert model.ranks[0].model.layers[0].mlp.experts.down_proj.codes.dtype != torch.float32
     ids = prompts(model.config.vocab_size, seed=4)
     assert report(f"{name} experts tp={tp}", max_diff(model(ids).logits, reference[torch.float32](ids).logits)) <= TOL
+
+
+def test_native_vllm_neuron_model(quantized, report):
+    """The native vLLM Neuron model (zaya1.vllm_neuron) on the quantized checkpoint, two simulated ranks,
+    driven by the runner emulation: the experts stay as stored on every rank and the logits of each
+    generated token match transformers + compressed-tensors (teacher-forced), greedy tokens equal."""
+    from zaya1.vllm_neuron import emulate
+    from zaya1.vllm_neuron.runner import load_ranks
+
+    name, kind, path, reference = quantized
+    rank = load_ranks(path, 2, None)[1]
+    assert rank.lm.model.layers[0].mlp.experts.gate_up_proj.codes.dtype != torch.float32
+    ids = prompts(rank.config.vocab_size, seed=6).tolist()
+    worst = 0.0
+    for prompt, result in zip(ids, emulate(path, ids, 4, tp_degree=2, block_size=16, prefill_bucket=8,
+                                          max_model_len=32)):
+        ref = reference[torch.float32](torch.tensor([prompt + result.tokens[:-1]])).logits[0, len(prompt) - 1:]
+        assert result.tokens == ref.argmax(-1).tolist()
+        worst = max(worst, max_diff(result.logits, ref))
+    assert report(f"{name} experts, native vLLM-Neuron model tp 2", worst) <= TOL
+
+
+def test_native_decode_graph_reads_one_byte_per_fp8_expert_weight(quantized, dense):
+    """The native model's decode graph in StableHLO (torch-mlir), fp8 experts against the same model with
+    bf16 experts: the experts a step gathers shrink from 2 bytes to 1 per weight, plus the fp32 row scales
+    (per layer and row: 3 H I bytes fewer, 4 (2 I + H) more); nothing else changes."""
+    name, kind, path, _ = quantized
+    if kind != "fp8":
+        pytest.skip("the traced graph multiplies fp8 codes directly; mxfp4 experts are dequantized when gathered")
+    pytest.importorskip("torch_mlir", reason="torch-mlir (the test extra) imports graphs to StableHLO")
+    from zaya1.vllm_neuron.runner import load_ranks
+    from zaya1.vllm_neuron.stablehlo import Bucket, export_stablehlo, inventory, weights
+
+    bucket = Bucket(rows=2, query=1, context=64)
+    graphs = {}
+    for label, checkpoint in (("fp8", path), ("bf16", dense.config._name_or_path)):
+        model = load_ranks(checkpoint, 1, torch.bfloat16)[0]
+        graphs[label] = inventory(export_stablehlo(model, bucket), len(weights(model)))
+    c = model.config
+    per_row = 3 * c.hidden_size * c.moe_intermediate_size - 4 * (2 * c.moe_intermediate_size + c.hidden_size)
+    assert graphs["fp8"].custom_calls == 0 and graphs["fp8"].dynamic_dims == 0
+    assert graphs["bf16"].gathered_bytes - graphs["fp8"].gathered_bytes == c.num_hidden_layers * bucket.rows * per_row
+    assert graphs["bf16"].weight_bytes == graphs["fp8"].weight_bytes

@@ -13,7 +13,7 @@ from torch._dynamo.utils import counters
 
 from zaya1.vllm_neuron import emulate
 from zaya1.vllm_neuron.runner import load_ranks
-from zaya1.vllm_neuron.stablehlo import Bucket, export_stablehlo, inventory
+from zaya1.vllm_neuron.stablehlo import Bucket, export_stablehlo, inventory, weights
 from zaya_testlib import TOL, max_diff
 
 pytestmark = pytest.mark.usefixtures("inference")
@@ -44,10 +44,9 @@ def model(tiny):
 @pytest.fixture(scope="module")
 def graphs(model):
     pytest.importorskip("torch_mlir", reason="torch-mlir (the test extra) imports graphs to StableHLO")
-    weights = len(list(model.parameters()))
     buckets = [Bucket(1, 32, 256), Bucket(1, 128, 256)] + [Bucket(rows, 1, context) for rows in (1, 4)
                                                          for context in (256, 4096, 32768)]
-    return {b: inventory(export_stablehlo(model, b), weights) for b in buckets}
+    return {b: inventory(export_stablehlo(model, b), len(weights(model))) for b in buckets}
 
 
 def test_every_bucket_lowers_to_static_stablehlo(graphs, report):

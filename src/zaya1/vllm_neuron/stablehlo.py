@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..kernels import exact_kernels
 from .model import ZayaNativeForCausalLM, attention_name, state_name
 
 _ELEMENT_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8, "i64": 8, "i32": 4, "i16": 2, "i8": 1, "i1": 1,
-                  "ui8": 1, "ui32": 4, "ui64": 8}
+                  "ui8": 1, "ui32": 4, "ui64": 8, "f8E4M3FN": 1}
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class Bucket:
         return f"{kind}_ctx{self.context}"
 
 
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer (fp8 expert codes and scales are buffers): the graph's weight inputs."""
+    return {name: t.detach() for name, t in [*model.named_parameters(), *model.named_buffers()]}
+
+
 class BucketStep(nn.Module):
     """``ZayaNativeForCausalLM.forward`` of one bucket as a function of tensors only: the weights, the step's
     inputs and each layer's page pool [pages, elems] (the attention and state views of one pool)."""
@@ -49,7 +55,7 @@ class BucketStep(nn.Module):
     def __init__(self, model: ZayaNativeForCausalLM, bucket: Bucket):
         super().__init__()
         self.model, self.bucket = model, bucket
-        self.names = [name for name, _ in model.named_parameters()]
+        self.names = list(weights(model))
         layer = model.get_kv_spec().layers[0]
         self.page_shape = (2, layer.num_kv_heads, bucket.block_size, layer.head_size)
 
@@ -58,9 +64,8 @@ class BucketStep(nn.Module):
         tokens = b.rows * b.query
         pages = b.context // b.block_size + 3  # the table's blocks, the null block, the two private pages
         elems = torch.Size(self.page_shape).numel()
-        weights = [p.detach() for p in model.parameters()]
         pools = [torch.zeros(pages, elems, dtype=model.dtype) for _ in range(model.config.num_hidden_layers)]
-        return (*weights, torch.zeros(tokens, dtype=torch.int32), torch.zeros(tokens, dtype=torch.long),
+        return (*weights(model).values(), torch.zeros(tokens, dtype=torch.int32), torch.zeros(tokens, dtype=torch.long),
                 torch.zeros(tokens, dtype=torch.long), torch.zeros(b.rows, b.context // b.block_size, dtype=torch.int32),
                 torch.zeros(b.rows, b.context // b.state_block, dtype=torch.int32),
                 torch.arange(b.rows) * b.query, torch.tensor([[-1.0, 1.0, 0.0]]).repeat(b.rows, 1), *pools)
@@ -80,12 +85,14 @@ class BucketStep(nn.Module):
 
 
 def export_stablehlo(model: ZayaNativeForCausalLM, bucket: Bucket) -> str:
-    """The bucket's functionalised step graph in StableHLO (text), via torch-mlir."""
-    from torch_mlir import fx  # optional: the `native-compile` test extra
+    """The bucket's functionalised step graph in StableHLO (text), via torch-mlir. Products are F.linear, as
+    on the device (the CPU's own bf16 kernels are not part of a Neuron graph)."""
+    from torch_mlir import fx  # optional: the test extra
 
     step = BucketStep(model, bucket)
-    return str(fx.export_and_import(step, *step.example_inputs(), output_type="stablehlo",
-                                    func_name=bucket.name))
+    with exact_kernels():
+        return str(fx.export_and_import(step, *step.example_inputs(), output_type="stablehlo",
+                                        func_name=bucket.name))
 
 
 @dataclass
@@ -112,7 +119,8 @@ def _tensor_bytes(type_text: str) -> int:
 
 
 def inventory(text: str, weight_args: int) -> Inventory:
-    """Op counts and bytes read of a StableHLO module whose first ``weight_args`` arguments are weights."""
+    """Op counts and bytes read of a StableHLO module whose first ``weight_args`` arguments are weights
+    (``len(weights(model))``)."""
     ops = Counter(re.findall(r"stablehlo\.([a-z_]+)", text))
     signature = re.search(r"func\.func @\w+\((.*?)\)\s*->", text, re.S).group(1)
     args = re.findall(r"(%arg\d+): (tensor<[^>]*>)", signature)
