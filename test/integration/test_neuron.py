@@ -13,7 +13,8 @@ import torch
 from trn2_helpers import (BF16_FACTOR, CB_SETTINGS, F32_TOL, GOLDEN_SETTINGS, REAL_SETTINGS, BucketRecorder, diff,
                           golden, golden_dir, greedy_continuation, random_prompt, teacher_forced,
                           unsupported_tp)
-from zaya1 import ArtifactError, ZayaConfig, bench
+from zaya1 import ArtifactError, ZayaConfig
+from zaya1.tools import bench
 
 
 @pytest.fixture(params=["tiny", "gqa"])
