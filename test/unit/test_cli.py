@@ -4,6 +4,8 @@ the final text, --chat, --temperature 0, generation_config defaults, the timing 
 
 from __future__ import annotations
 
+import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 import zaya1
+from zaya1.neuron import compile_cli
 from zaya1.tools.cli import main
 
 pytestmark = pytest.mark.usefixtures("inference")
@@ -149,3 +152,35 @@ def test_check_accuracy_without_a_tokenizer():
                          timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.startswith("check_accuracy.py: error: no tokenizer in ") and out.stderr.count("\n") == 1
+
+
+def _tiny_checkpoint_with_positions(tmp_path: Path, positions: int) -> Path:
+    """The golden tiny checkpoint with room for longer sequences (config.json edited, weights linked)."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    config = json.loads((GOLDEN / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps(config | {"max_position_embeddings": positions}))
+    (ckpt / "model.safetensors").symlink_to(GOLDEN / "model.safetensors")
+    return ckpt
+
+
+def test_compile_example_and_defaults_stay_within_the_known_good_buckets():
+    example = compile_cli.__doc__.split("\n\n")[1].replace("\\\n", " ")
+    argv = shlex.split(example)
+    assert argv[:2] == ["zaya1", "compile"]
+    args = compile_cli.parse_args(argv[2:])
+    assert max(compile_cli._ints(args.buckets)) <= 512 and args.max_context_length <= 512
+    defaults = compile_cli.parse_args(["--model-path", "m", "--compiled-model-path", "c"])
+    assert defaults.max_context_length <= 512 and defaults.buckets is None  # one bucket of 512
+
+
+def test_compile_warns_outside_the_known_good_buckets(capsys, tmp_path):
+    ckpt = _tiny_checkpoint_with_positions(tmp_path, 4096)
+    base = ["compile", "--model-path", ckpt, "--compiled-model-path", tmp_path / "out", "--tp-degree", 1,
+            "--seq-len", 2048, "--dry-run"]
+    code, out, err = run(capsys, *base)
+    assert code == 0 and "context-encoding buckets [512]" in out and err == ""
+    code, out, err = run(capsys, *base, "--max-context-length", 1024, "--buckets", "256,1024")
+    assert code == 0 and "dry run: settings valid" in out and "context-encoding buckets [256, 1024]" in out
+    assert err.startswith("zaya1 compile: warning: context-encoding bucket(s) [1024] exceed 512") and "NCC_ITEN404" in err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
