@@ -53,6 +53,13 @@ def test_chat(capsys, chat):
     assert code == 0 and out.rstrip("\n") == upstream_text(chat, list(ids), max_new_tokens=12)
 
 
+def test_chat_without_transformers(capsys, chat, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
+    code, out, err = generate(capsys, chat, "--chat", "--prompt", "Hello world")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.count("\n") == 1 and "needs transformers, which is not installed: pip install" in err
+
+
 def test_temperature_zero_is_greedy_and_generation_config_defaults_apply(capsys, chat):
     prompt = "the cat sat on the mat"
     code, out, _ = generate(capsys, chat, "--prompt", prompt, "--do-sample", "--temperature", 0, "--no-stream")
