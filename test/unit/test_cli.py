@@ -4,6 +4,7 @@ the final text, --chat, --temperature 0, generation_config defaults, the timing 
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import subprocess
@@ -15,6 +16,8 @@ import torch
 
 import zaya1
 from zaya1.neuron import compile_cli
+from zaya1.simulated_tp import SimulatedTP
+from zaya1.tools import cli
 from zaya1.tools.cli import main
 
 pytestmark = pytest.mark.usefixtures("inference")
@@ -96,12 +99,28 @@ def test_version(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith(f"zaya1 {zaya1.__version__} (torch ")
 
 
-def test_demo_prints_ids_and_readable_text(capsys):
-    code, out, err = run(capsys, "generate", "--max-new-tokens", 6)
-    assert code == 0 and "DEMO" in err
-    ids_line, text_line = out.splitlines()
-    assert len(ids_line.removeprefix("token ids: ").split()) == 6 and text_line.startswith("text: ")
-    assert text_line.isprintable() and "\ufffd" not in text_line
+def test_demo_echoes_the_prompt_and_samples_printable_characters(capsys):
+    code, out, err = run(capsys, "generate", "--max-new-tokens", 16, "--seed", 0)
+    assert code == 0 and "DEMO" in err and "random characters" in err
+    prompt, generated, ids = out.splitlines()
+    assert prompt == "prompt:    The capital of France is"
+    text, ids = generated.removeprefix("generated: "), [int(i) for i in ids.removeprefix("token ids: ").split()]
+    assert 0 < len(ids) <= 16 and text == "".join(chr(31 + i) for i in ids if i)  # id i>0 = ASCII 31 + i
+    assert text.isprintable() and len(set(text)) > 4  # sampled: not one character repeated
+
+
+def demo_args(*argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli._generate_arguments(parser)
+    return parser.parse_args([str(a) for a in argv])
+
+
+def test_demo_honours_dtype_and_tp_degree(capsys):
+    model, *_ = cli.load_for_generation(demo_args("--dtype", "bfloat16", "--tp-degree", 2))
+    assert isinstance(model, SimulatedTP) and model.tp == 2 and model.dtype == torch.bfloat16
+    one = run(capsys, "generate", "--dtype", "float32", "--seed", 3, "--max-new-tokens", 8)
+    two = run(capsys, "generate", "--dtype", "float32", "--seed", 3, "--max-new-tokens", 8, "--tp-degree", 2)
+    assert one[0] == two[0] == 0 and one[1] == two[1]  # the same sampled tokens from the two simulated ranks
 
 
 @pytest.mark.parametrize("argv, fragments", [
@@ -110,6 +129,8 @@ def test_demo_prints_ids_and_readable_text(capsys):
     (["generate", "--device", "cuda:7"], ["zaya1: error: device='cuda:7'"]),
     (["generate", "--device", "gpu"], ["zaya1: error: device='gpu' is not a torch device"]),
     (["generate", "--backend", "neuron"], ["zaya1: error: --backend neuron needs --compiled DIR"]),
+    (["generate", "--dtype", "int8"], ["zaya1: error: dtype='int8' is not supported"]),  # the demo
+    (["generate", "--tp-degree", 3], ["zaya1: error: tp_degree=3 does not divide the 4 query heads"]),
     (["compile", "--model-path", GOLDEN, "--compiled-model-path", "/tmp/x", "--buckets", "a", "--tp-degree", 1,
       "--seq-len", 256, "--max-context-length", 128, "--dry-run"],
      ["zaya1 compile: error: --buckets 'a' must be comma-separated positive integers"]),

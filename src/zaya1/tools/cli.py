@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .. import __version__, simulated_tp
 from ..neuron import compile_cli
 from . import bench
 from ..neuron import cost as cost_module
-from ..checkpoint import resolve_device
+from ..checkpoint import resolve_device, resolve_dtype
 from ..errors import InputError, run_reporting_errors
 from ..generation_config import eos_ids
 from ..streaming import TextStreamer
@@ -65,11 +65,13 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_for_generation(args):
     """(model, tokenizer or None when token ids are given and the checkpoint has none, label, is_demo)."""
-    if args.model is None and args.backend == "torch":
+    if args.model is None and args.backend == "torch":  # honours --dtype / --device / --tp-degree or refuses them
         from .demo import demo_model, demo_tokenizer
 
-        return (demo_model().to(resolve_device(args.device)), demo_tokenizer(),
-                "DEMO: tiny ZAYA1 with random weights (no --model given); the text is gibberish by design", True)
+        model = demo_model()
+        model = model.to(device=resolve_device(args.device), dtype=resolve_dtype(args.dtype, model.config))
+        return (simulated_tp.shard(model, args.tp_degree), demo_tokenizer(),
+                "DEMO: tiny ZAYA1 with random weights (no --model given), sampling: random characters by design", True)
     if args.backend == "neuron":
         if not args.compiled:
             raise InputError("--backend neuron needs --compiled DIR (written by zaya1 compile)")
@@ -78,8 +80,6 @@ def load_for_generation(args):
         model = NeuronZayaForCausalLM.from_compiled(args.compiled, model_path=args.model)
         path, label = model.model_path, f"neuron ({args.compiled})"
     else:
-        from .. import simulated_tp
-
         model = simulated_tp.from_pretrained(args.model, dtype=args.dtype, device=args.device,
                                              tp_degree=args.tp_degree)
         path, label = args.model, args.model
@@ -130,11 +130,6 @@ class Timer:
             self.inner.end()
 
 
-def printable(text: str) -> str:
-    """The demo's random bytes, readable: non-printable characters (and U+FFFD) as escapes."""
-    return "".join(c if c.isprintable() and c != "\ufffd" or c in "\n " else ascii(c)[1:-1] for c in text)
-
-
 def summary(load_s: float, prompt_tokens: int, new_tokens: int, batch: int, times: list[float]) -> list[str]:
     """llama.cpp-style timings: load, prompt (TTFT), decode tok/s."""
     ttft = times[1] - times[0]
@@ -173,11 +168,12 @@ def run_generate(args) -> int:
                          top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                          seed=args.seed, streamer=timer)
     if not stream:
-        for row in out[:, width:].tolist():
+        for prompt, row in zip(rows, out[:, width:].tolist()):
             if tokenizer is None:
                 print(" ".join(map(str, row)))
-            elif demo:
-                print(f"token ids: {' '.join(map(str, row))}\ntext: {printable(tokenizer.decode(row))}")
+            elif demo:  # every demo token is a printable character
+                print(f"prompt:    {tokenizer.decode(prompt)}\ngenerated: {tokenizer.decode(row)}\n"
+                      f"token ids: {' '.join(map(str, row))}")
             else:
                 print(tokenizer.decode(row))
     for line in summary(load_s, int(mask.sum()), out.shape[1] - width, len(rows), timer.times):
