@@ -56,8 +56,9 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device for the cpu/cuda backend, e.g. cuda")
     p.add_argument("--tp-degree", type=int, default=1, help="cpu: run the tensor-parallel shards simulated")
     p.add_argument("--exact-kernels", action="store_true",
-                   help="cpu bf16: F.linear and transformers' eager numerics everywhere (bit-identical to it) "
-                        "instead of the fast path this CPU's features select")
+                   help="cpu bf16: F.linear and transformers' eager numerics everywhere (bit-identical to transformers "
+                        "with attn_implementation='eager' and experts_implementation='eager', not to its sdpa / "
+                        "grouped_mm defaults) instead of the fast path this CPU's features select")
     p.add_argument("--backend", choices=("torch", "neuron"), default="torch")
     p.add_argument("--compiled", help="neuron backend: directory written by zaya1 compile")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming")
