@@ -99,6 +99,16 @@ def test_version(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith(f"zaya1 {zaya1.__version__} (torch ")
 
 
+def test_version_command_prints_nothing_else():
+    """``zaya1 --version`` as installed: no warning on stderr (torch warns "Failed to initialize NumPy" on every
+    command of an install without numpy, which is why setup.py requires it)."""
+    exe = Path(sys.executable).with_name("zaya1")
+    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr == "" and out.stdout.startswith(f"zaya1 {zaya1.__version__} (torch ")
+    setup = (Path(__file__).resolve().parents[2] / "setup.py").read_text()
+    assert '"numpy>=' in setup.split("install_requires=")[1].split("]")[0]
+
+
 def test_demo_echoes_the_prompt_and_samples_printable_characters(capsys):
     code, out, err = run(capsys, "generate", "--max-new-tokens", 16, "--seed", 0)
     assert code == 0 and "DEMO" in err and "random characters" in err
