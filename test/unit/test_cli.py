@@ -183,6 +183,24 @@ def test_compile_command_and_script(command):
     assert "dry run: settings valid" in out.stdout and "ZAYA1 original layout" in out.stdout
 
 
+@pytest.mark.parametrize("command", [["zaya1", "compile"], ["zaya1", "generate"], ["scripts/check_accuracy.py"]])
+def test_help_examples_keep_their_line_breaks(command):
+    """A long example is continued with a backslash on the next line, as it is written in the source."""
+    root = Path(__file__).resolve().parents[2]
+    if command[0] == "zaya1":
+        command = [str(Path(sys.executable).with_name("zaya1")), *command[1:]]
+    else:
+        command = [sys.executable, *command]
+    out = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    continued = [i for i, line in enumerate(lines) if line.endswith(" \\")]
+    assert continued, out.stdout
+    for i in continued:
+        assert lines[i].lstrip().startswith(("zaya1 ", "python ", "--")) and lines[i + 1].lstrip().startswith("--")
+        assert len(lines[i + 1]) - len(lines[i + 1].lstrip()) > len(lines[i]) - len(lines[i].lstrip())
+
+
 def test_check_accuracy_without_a_tokenizer():
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "scripts/check_accuracy.py", "--model-path", str(GOLDEN),

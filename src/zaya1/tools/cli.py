@@ -22,6 +22,14 @@ from ..tokenizer import Tokenizer
 
 __all__ = ["main", "run_reporting_errors"]
 
+GENERATE_EXAMPLES = """examples:
+  zaya1 generate                                   # the embedded random demo model (no checkpoint needed)
+  zaya1 generate --model /ckpt/ZAYA1-8B --chat --prompt "What is the capital of France?"
+  zaya1 generate --model /ckpt/ZAYA1-8B --no-special-tokens --prompt "The capital of France is" \\
+      --temperature 0
+  zaya1 generate --model /ckpt/ZAYA1-8B --prompt-file prompt.txt --do-sample --temperature 0.7 --top-p 0.9
+"""
+
 
 def token_ids(text: str) -> list[int]:
     """--prompt-ids: comma-separated non-negative integers."""
@@ -192,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version",
                         version=f"zaya1 {__version__} (torch {torch.__version__}, python {sys.version.split()[0]})")
     sub = parser.add_subparsers(dest="command", required=True)
-    _generate_arguments(sub.add_parser("generate", help="generate text from a prompt"))
+    _generate_arguments(sub.add_parser("generate", help="generate text from a prompt", epilog=GENERATE_EXAMPLES,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter))
     bench.add_arguments(sub.add_parser("bench", help="benchmark zaya1 against transformers (scripts/benchmark.py)"))
     cost_module.add_arguments(sub.add_parser("cost", help="Trainium2 cost model of the lowered graphs (torch-xla)"))
     sub.add_parser("compile", help="compile for Trainium2 (zaya1 compile --help)", add_help=False)
