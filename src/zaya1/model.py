@@ -231,7 +231,8 @@ class ZayaForCausalLM(nn.Module):
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str = torch.float32, device="cpu",
                         check_finite: bool = False, torch_dtype=None, **config_overrides):
         """Load a checkpoint directory of either layout. ``dtype="auto"`` takes the dtype config.json declares
-        (``torch_dtype`` is transformers 4's name for ``dtype``); the generation defaults of
+        (``torch_dtype`` is transformers 4's name for ``dtype``); ``check_finite=True`` refuses a tensor holding
+        NaN or inf (CheckpointError naming it); the generation defaults of
         generation_config.json become ``model.generation_config``. As simulated tensor-parallel ranks:
         ``zaya1.simulated_tp.from_pretrained(path, tp_degree)``."""
         if torch_dtype is not None:
