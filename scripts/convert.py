@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from zaya1 import ZayaConfig, ZayaForCausalLM
-from zaya1.neuron.artifacts import save_state_dict_atomic
+from zaya1.atomic import save_state_dict_atomic
 from zaya1.errors import run_reporting_errors
 from zaya1.sharding import check_tp, neuron_state_dict, rank_state_dict
 
