@@ -240,3 +240,17 @@ def test_compile_warns_outside_the_known_good_buckets(capsys, tmp_path):
     assert code == 0 and "dry run: settings valid" in out and "context-encoding buckets [256, 1024]" in out
     assert err.startswith("zaya1 compile: warning: context-encoding bucket(s) [1024] exceed 512") and "NCC_ITEN404" in err
     assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_readme_test_commands_are_what_ci_runs():
+    """The README's test commands carry the same pytest arguments as .ci/run (both stages, -ra included)."""
+    root = Path(__file__).resolve().parents[2]
+    readme, ci = (root / "README.md").read_text(), (root / ".ci" / "run").read_text()
+
+    def pytest_args(text: str, target: str) -> set[str]:
+        return {line.split("-m pytest", 1)[1].strip().strip('"') for line in text.splitlines()
+                if f"-m pytest {target}" in line and "not slow" not in line}
+
+    for target in ("test ", "test/nxdi_cpu "):
+        assert pytest_args(readme, target) == pytest_args(ci, target) != set()
+    assert all("-ra" in args for args in pytest_args(ci, "test"))
