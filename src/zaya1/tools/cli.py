@@ -180,7 +180,7 @@ def run_generate(args) -> int:
         for prompt, row in zip(rows, out[:, width:].tolist()):
             if tokenizer is None:
                 print(" ".join(map(str, row)))
-            elif demo:  # every demo token is a printable character
+            elif demo:  # printable characters (the demo EOS decodes to nothing)
                 print(f"prompt:    {tokenizer.decode(prompt)}\ngenerated: {tokenizer.decode(row)}\n"
                       f"token ids: {' '.join(map(str, row))}")
             else:
