@@ -10,7 +10,8 @@ setup(
     packages=find_packages("src"),
     python_requires=">=3.10",
     # Install torch==2.13.0 first on CPU machines (README): an unpinned torch would pull the CUDA build.
-    install_requires=["torch>=2.4", "safetensors>=0.4", "tokenizers>=0.19", "tqdm>=4.60"],
+    # numpy: torch's CPU wheel does not require it but warns "Failed to initialize NumPy" on import without it
+    install_requires=["torch>=2.4", "numpy>=1.22", "safetensors>=0.4", "tokenizers>=0.19", "tqdm>=4.60"],
     # transformers < 5.40: the parity tests drive upstream's cache through past_key_values, removed in 5.40
     extras_require={
         "hf": ["transformers>=5.23,<5.40"],  # upstream ZayaForCausalLM: the CPU test reference and `zaya1 bench`

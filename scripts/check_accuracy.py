@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Compare compiled Neuron logits with the CPU reference, position by position.
+r"""Compare compiled Neuron logits with the CPU reference, position by position.
 
 The CPU reference (zaya1.ZayaForCausalLM, float32 by default) greedily generates --num-tokens tokens; both
 backends are then teacher-forced on prompt + those tokens, and for every position the script prints

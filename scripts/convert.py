@@ -18,10 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from zaya1 import ZayaForCausalLM
-from zaya1.neuron.artifacts import save_state_dict_atomic
+from zaya1 import ZayaConfig, ZayaForCausalLM
+from zaya1.atomic import save_state_dict_atomic
 from zaya1.errors import run_reporting_errors
-from zaya1.sharding import neuron_state_dict, rank_state_dict
+from zaya1.sharding import check_tp, neuron_state_dict, rank_state_dict
 
 
 def main(argv=None) -> int:
@@ -35,6 +35,7 @@ def main(argv=None) -> int:
 
 
 def convert(args) -> int:
+    check_tp(ZayaConfig.from_pretrained(args.model_path), args.tp_degree)  # before the weights are read
     model = ZayaForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
     config, out, tp = model.config, Path(args.output), args.tp_degree
     state = model.state_dict()

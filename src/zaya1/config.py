@@ -213,6 +213,33 @@ class ZayaConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def to_hf_dict(self) -> dict:
+        """config.json in the Hugging Face layout (what upstream transformers >= 5.23 loads; the inverse of
+        ``_fields_from_hf``). A router eps other than ``rms_norm_eps`` or a skip expert other than "zero" (the
+        original layout's references) has no upstream field: it is written under zaya1's own name, which zaya1
+        reads back and transformers keeps as an unused attribute."""
+        types = {FULL: "hybrid", SLIDING: "hybrid_sliding"}
+        eos = self.eos_token_id[0] if len(self.eos_token_id) == 1 else list(self.eos_token_id)
+        hf = {"architectures": ["ZayaForCausalLM"], "model_type": "zaya",
+              **{name: getattr(self, name) for name in HF_NAMED_FIELDS},
+              "hidden_act": self.hidden_act, "num_experts": self.num_experts, "num_experts_per_tok": 1,
+              "moe_intermediate_size": self.moe_intermediate_size, "router_hidden_size": self.router_hidden_size,
+              "cca_time0": self.cca_time0, "cca_time1": self.cca_time1,
+              "layer_types": [types[t] for t in self.layer_types], "sliding_window": self.sliding_window,
+              "rope_parameters": {
+                  "hybrid": {"rope_type": "default", "rope_theta": self.rope_theta,
+                             "partial_rotary_factor": self.partial_rotary_factor},
+                  "hybrid_sliding": {"rope_type": "default", "rope_theta": self.rope_theta_sliding,
+                                     "partial_rotary_factor": self.partial_rotary_factor_sliding}},
+              "tie_word_embeddings": self.tie_word_embeddings, "attention_bias": False, "lm_head_bias": False,
+              "pad_token_id": self.pad_token_id, "bos_token_id": self.bos_token_id, "eos_token_id": eos,
+              "dtype": self.torch_dtype}
+        if self.router_norm_eps != self.rms_norm_eps:
+            hf["router_norm_eps"] = self.router_norm_eps
+        if self.skip_expert_output != "zero":
+            hf["skip_expert_output"] = self.skip_expert_output
+        return hf
+
     def replace(self, **changes: Any) -> "ZayaConfig":
         return dataclasses.replace(self, **changes)
 
@@ -373,8 +400,8 @@ def _fields_from_hf(raw: dict) -> dict:
         moe_intermediate_size=_int(raw, "moe_intermediate_size"),
         router_hidden_size=_int(raw, "router_hidden_size", 256),
         rms_norm_eps=eps,
-        router_norm_eps=eps,
-        skip_expert_output="zero",
+        router_norm_eps=_float(raw, "router_norm_eps", eps),  # zaya1's own fields (to_hf_dict), else upstream's
+        skip_expert_output=raw.get("skip_expert_output", "zero"),
         layer_types=[type_map[t] for t in types],
         sliding_window=_int(raw, "sliding_window"),
         rope_theta=_float(full, "rope_theta", _float(raw, "rope_theta", 5_000_000.0)),

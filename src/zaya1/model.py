@@ -19,9 +19,14 @@ from .cca import CCAttention, gather_state, rope_cos_sin
 from .checkpoint import load_model
 from .config import SLIDING, ZayaConfig
 from .generation import check_token_ids, generate
+from .hf_export import save_pretrained
 from .kernels import Linear, linear
 from .moe import RMSNorm, ZayaMoE
 from .sharding import AttentionShard, LocalComm, padded_vocab
+
+
+# parameters here that transformers holds as buffers (or does not have): not counted by num_parameters
+NOT_WEIGHTS = ("balancing_biases", "value_delayed", "embed_tokens.rank")
 
 
 class ResidualScale(nn.Module):
@@ -231,12 +236,29 @@ class ZayaForCausalLM(nn.Module):
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str = torch.float32, device="cpu",
                         check_finite: bool = False, torch_dtype=None, **config_overrides):
         """Load a checkpoint directory of either layout. ``dtype="auto"`` takes the dtype config.json declares
-        (``torch_dtype`` is transformers 4's name for ``dtype``); the generation defaults of
+        (``torch_dtype`` is transformers 4's name for ``dtype``); ``check_finite=True`` refuses a tensor holding
+        NaN or inf (CheckpointError naming it); the generation defaults of
         generation_config.json become ``model.generation_config``. As simulated tensor-parallel ranks:
         ``zaya1.simulated_tp.from_pretrained(path, tp_degree)``."""
         if torch_dtype is not None:
             dtype = torch_dtype
         return load_model(cls, path, dtype=dtype, device=device, check_finite=check_finite, **config_overrides)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write this model as a Hugging Face-layout checkpoint (config.json, model.safetensors in the model's
+        dtype, generation_config.json when it has generation settings): the one-step conversion of an
+        original-layout checkpoint for transformers, vLLM and other tools. The directory appears only when
+        complete. Fields the HF layout lacks (an original-layout router eps / skip expert) are kept under
+        zaya1's names, with a warning that transformers ignores them. See zaya1.hf_export."""
+        return save_pretrained(self, directory)
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """transformers' count on its ZayaForCausalLM: every weight once (a tied lm_head is the embedding), not
+        the router's balancing biases (buffers there); ``exclude_embeddings`` leaves out the input embedding
+        (an untied lm_head still counts); ``only_trainable`` counts weights with requires_grad."""
+        return sum(p.numel() for name, p in self.named_parameters()
+                   if not name.endswith(NOT_WEIGHTS) and (p.requires_grad or not only_trainable)
+                   and not (exclude_embeddings and name == "model.embed_tokens.weight"))
 
     @property
     def dtype(self) -> torch.dtype:

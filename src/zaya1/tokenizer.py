@@ -3,6 +3,7 @@ otherwise the ``tokenizers`` library on tokenizer.json. Never runs code from the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -13,9 +14,12 @@ class Tokenizer:
     """The checkpoint's tokenizer: transformers' AutoTokenizer when installed (chat templates), otherwise the
     ``tokenizers`` library on tokenizer.json. Never runs code from the checkpoint."""
 
-    def __init__(self, backend, eos_token_ids: list[int] | None = None):
+    def __init__(self, backend, eos_token_ids: list[int] | None = None, unrendered_template: Path | None = None):
+        """``unrendered_template``: the checkpoint directory whose chat template ``backend`` cannot render (the
+        ``tokenizers`` library has no template engine; transformers does)."""
         self.backend = backend
         self.eos_token_ids = eos_token_ids or []
+        self.unrendered_template = unrendered_template
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "Tokenizer":
@@ -37,7 +41,8 @@ class Tokenizer:
                 raise CheckpointNotFoundError(f"{path / 'tokenizer.json'} is missing and transformers is not "
                                               f"installed to read tokenizer_config.json: copy tokenizer.json there "
                                               f"or pip install transformers.")
-            return cls(RawTokenizer.from_file(str(path / "tokenizer.json")))
+            return cls(RawTokenizer.from_file(str(path / "tokenizer.json")),
+                       unrendered_template=path if ships_chat_template(path) else None)
         except CheckpointNotFoundError:
             raise
         except Exception as exc:  # transformers / tokenizers raise many types (ValueError, OSError, Exception)
@@ -55,6 +60,10 @@ class Tokenizer:
         assistant's generation prompt), exactly as ``apply_chat_template`` does. ``add_special_tokens=False``
         leaves out what the tokenizer adds to plain text (a BOS, or an EOS some tokenizers append)."""
         if chat:
+            if self.unrendered_template is not None:
+                raise InputError(f"chat=True (--chat): rendering the chat template of {self.unrendered_template} "
+                                 f"needs transformers, which is not installed: pip install "
+                                 f"'transformers>=5.23,<5.40' (zaya1's hf extra), or encode the prompt as plain text.")
             if not self.has_chat_template:
                 raise InputError("chat=True (--chat): this tokenizer has no chat template (chat_template in "
                                  "tokenizer_config.json or chat_template.jinja); encode the prompt as plain text.")
@@ -67,3 +76,15 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def ships_chat_template(path: Path) -> bool:
+    """Whether the checkpoint at ``path`` has a chat template: chat_template.jinja, or ``chat_template`` in
+    tokenizer_config.json (where transformers looks)."""
+    if (path / "chat_template.jinja").is_file():
+        return True
+    try:
+        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # absent or unreadable: transformers would not find a template there either
+        return False
+    return isinstance(config, dict) and bool(config.get("chat_template"))

@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 
 import zaya1
 from zaya1 import ZayaConfig, ZayaForCausalLM, simulated_tp
+from zaya1.atomic import save_state_dict_atomic
 from zaya1.neuron.artifacts import (MANIFEST_NAME, ArtifactManifest, atomic_output_dir, check_manifest, check_request,
-                             compile_lock, fingerprint_checkpoint, is_complete, load_manifest,
-                             save_state_dict_atomic)
+                                    compile_lock, fingerprint_checkpoint, is_complete, load_manifest)
 from zaya1.checkpoint import KEY_TABLES
 from zaya1.errors import (ArtifactError, CheckpointError, CheckpointNotFoundError, ConfigError, InputError,
                           ZayaError)
@@ -688,12 +688,12 @@ def _(c):
 @case("write_fails_midway", ArtifactError, "{tmp}/w.safetensors", "failed midway", "No space left",
       what="a weights write failing midway (nothing is left that looks complete)")
 def _(c):
-    import safetensors.torch
+    import zaya1.atomic
 
     def half_then_fail(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\x00" * 100)
         raise OSError(errno.ENOSPC, "No space left on device")
-    c.mp.setattr(safetensors.torch, "save_file", half_then_fail)
+    c.mp.setattr(zaya1.atomic, "save_file", half_then_fail)
     save_state_dict_atomic({"w": torch.zeros(4)}, c.tmp / "w.safetensors")
 
 
@@ -973,7 +973,7 @@ def test_unwritable_output_by_permissions(ctx):
 
 
 def test_save_state_dict_atomic(ctx, monkeypatch):
-    import safetensors.torch
+    import zaya1.atomic
 
     target = ctx.tmp / "w.safetensors"
     save_state_dict_atomic({"w": torch.arange(4.0)}, target, metadata={"format": "pt"})
@@ -982,7 +982,7 @@ def test_save_state_dict_atomic(ctx, monkeypatch):
     def half_then_fail(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\x00" * 100)
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(safetensors.torch, "save_file", half_then_fail)
+    monkeypatch.setattr(zaya1.atomic, "save_file", half_then_fail)
     with pytest.raises(ArtifactError, match="previous file is untouched"):
         save_state_dict_atomic({"w": torch.zeros(4)}, target)
     assert sorted(p.name for p in ctx.tmp.iterdir()) == ["w.safetensors"]  # no temp file left

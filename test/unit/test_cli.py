@@ -4,6 +4,9 @@ the final text, --chat, --temperature 0, generation_config defaults, the timing 
 
 from __future__ import annotations
 
+import argparse
+import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +15,9 @@ import pytest
 import torch
 
 import zaya1
+from zaya1.neuron import compile_cli
+from zaya1.simulated_tp import SimulatedTP
+from zaya1.tools import cli
 from zaya1.tools.cli import main
 
 pytestmark = pytest.mark.usefixtures("inference")
@@ -50,6 +56,13 @@ def test_chat(capsys, chat):
     assert code == 0 and out.rstrip("\n") == upstream_text(chat, list(ids), max_new_tokens=12)
 
 
+def test_chat_without_transformers(capsys, chat, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
+    code, out, err = generate(capsys, chat, "--chat", "--prompt", "Hello world")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.count("\n") == 1 and "needs transformers, which is not installed: pip install" in err
+
+
 def test_temperature_zero_is_greedy_and_generation_config_defaults_apply(capsys, chat):
     prompt = "the cat sat on the mat"
     code, out, _ = generate(capsys, chat, "--prompt", prompt, "--do-sample", "--temperature", 0, "--no-stream")
@@ -86,12 +99,38 @@ def test_version(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith(f"zaya1 {zaya1.__version__} (torch ")
 
 
-def test_demo_prints_ids_and_readable_text(capsys):
-    code, out, err = run(capsys, "generate", "--max-new-tokens", 6)
-    assert code == 0 and "DEMO" in err
-    ids_line, text_line = out.splitlines()
-    assert len(ids_line.removeprefix("token ids: ").split()) == 6 and text_line.startswith("text: ")
-    assert text_line.isprintable() and "\ufffd" not in text_line
+def test_version_command_prints_nothing_else():
+    """``zaya1 --version`` as installed: no warning on stderr (torch warns "Failed to initialize NumPy" on every
+    command of an install without numpy, which is why setup.py requires it)."""
+    exe = Path(sys.executable).with_name("zaya1")
+    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr == "" and out.stdout.startswith(f"zaya1 {zaya1.__version__} (torch ")
+    setup = (Path(__file__).resolve().parents[2] / "setup.py").read_text()
+    assert '"numpy>=' in setup.split("install_requires=")[1].split("]")[0]
+
+
+def test_demo_echoes_the_prompt_and_samples_printable_characters(capsys):
+    code, out, err = run(capsys, "generate", "--max-new-tokens", 16, "--seed", 0)
+    assert code == 0 and "DEMO" in err and "random characters" in err
+    prompt, generated, ids = out.splitlines()
+    assert prompt == "prompt:    The capital of France is"
+    text, ids = generated.removeprefix("generated: "), [int(i) for i in ids.removeprefix("token ids: ").split()]
+    assert 0 < len(ids) <= 16 and text == "".join(chr(31 + i) for i in ids if i)  # id i>0 = ASCII 31 + i
+    assert text.isprintable() and len(set(text)) > 4  # sampled: not one character repeated
+
+
+def demo_args(*argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli._generate_arguments(parser)
+    return parser.parse_args([str(a) for a in argv])
+
+
+def test_demo_honours_dtype_and_tp_degree(capsys):
+    model, *_ = cli.load_for_generation(demo_args("--dtype", "bfloat16", "--tp-degree", 2))
+    assert isinstance(model, SimulatedTP) and model.tp == 2 and model.dtype == torch.bfloat16
+    one = run(capsys, "generate", "--dtype", "float32", "--seed", 3, "--max-new-tokens", 8)
+    two = run(capsys, "generate", "--dtype", "float32", "--seed", 3, "--max-new-tokens", 8, "--tp-degree", 2)
+    assert one[0] == two[0] == 0 and one[1] == two[1]  # the same sampled tokens from the two simulated ranks
 
 
 @pytest.mark.parametrize("argv, fragments", [
@@ -100,6 +139,8 @@ def test_demo_prints_ids_and_readable_text(capsys):
     (["generate", "--device", "cuda:7"], ["zaya1: error: device='cuda:7'"]),
     (["generate", "--device", "gpu"], ["zaya1: error: device='gpu' is not a torch device"]),
     (["generate", "--backend", "neuron"], ["zaya1: error: --backend neuron needs --compiled DIR"]),
+    (["generate", "--dtype", "int8"], ["zaya1: error: dtype='int8' is not supported"]),  # the demo
+    (["generate", "--tp-degree", 3], ["zaya1: error: tp_degree=3 does not divide the 4 query heads"]),
     (["compile", "--model-path", GOLDEN, "--compiled-model-path", "/tmp/x", "--buckets", "a", "--tp-degree", 1,
       "--seq-len", 256, "--max-context-length", 128, "--dry-run"],
      ["zaya1 compile: error: --buckets 'a' must be comma-separated positive integers"]),
@@ -145,6 +186,24 @@ def test_compile_command_and_script(command):
     assert "dry run: settings valid" in out.stdout and "ZAYA1 original layout" in out.stdout
 
 
+@pytest.mark.parametrize("command", [["zaya1", "compile"], ["zaya1", "generate"], ["scripts/check_accuracy.py"]])
+def test_help_examples_keep_their_line_breaks(command):
+    """A long example is continued with a backslash on the next line, as it is written in the source."""
+    root = Path(__file__).resolve().parents[2]
+    if command[0] == "zaya1":
+        command = [str(Path(sys.executable).with_name("zaya1")), *command[1:]]
+    else:
+        command = [sys.executable, *command]
+    out = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    continued = [i for i, line in enumerate(lines) if line.endswith(" \\")]
+    assert continued, out.stdout
+    for i in continued:
+        assert lines[i].lstrip().startswith(("zaya1 ", "python ", "--")) and lines[i + 1].lstrip().startswith("--")
+        assert len(lines[i + 1]) - len(lines[i + 1].lstrip()) > len(lines[i]) - len(lines[i].lstrip())
+
+
 def test_check_accuracy_without_a_tokenizer():
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "scripts/check_accuracy.py", "--model-path", str(GOLDEN),
@@ -152,3 +211,50 @@ def test_check_accuracy_without_a_tokenizer():
                          timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.startswith("check_accuracy.py: error: no tokenizer in ") and out.stderr.count("\n") == 1
+
+
+def _tiny_checkpoint_with_positions(tmp_path: Path, positions: int) -> Path:
+    """The golden tiny checkpoint with room for longer sequences (config.json edited, weights linked)."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    config = json.loads((GOLDEN / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps(config | {"max_position_embeddings": positions}))
+    (ckpt / "model.safetensors").symlink_to(GOLDEN / "model.safetensors")
+    return ckpt
+
+
+def test_compile_example_and_defaults_stay_within_the_known_good_buckets():
+    example = compile_cli.__doc__.split("\n\n")[1].replace("\\\n", " ")
+    argv = shlex.split(example)
+    assert argv[:2] == ["zaya1", "compile"]
+    args = compile_cli.parse_args(argv[2:])
+    assert max(compile_cli._ints(args.buckets)) <= 512 and args.max_context_length <= 512
+    defaults = compile_cli.parse_args(["--model-path", "m", "--compiled-model-path", "c"])
+    assert defaults.max_context_length <= 512 and defaults.buckets is None  # one bucket of 512
+
+
+def test_compile_warns_outside_the_known_good_buckets(capsys, tmp_path):
+    ckpt = _tiny_checkpoint_with_positions(tmp_path, 4096)
+    base = ["compile", "--model-path", ckpt, "--compiled-model-path", tmp_path / "out", "--tp-degree", 1,
+            "--seq-len", 2048, "--dry-run"]
+    code, out, err = run(capsys, *base)
+    assert code == 0 and "context-encoding buckets [512]" in out and err == ""
+    code, out, err = run(capsys, *base, "--max-context-length", 1024, "--buckets", "256,1024")
+    assert code == 0 and "dry run: settings valid" in out and "context-encoding buckets [256, 1024]" in out
+    assert err.startswith("zaya1 compile: warning: context-encoding bucket(s) [1024] exceed 512")
+    assert "NCC_ITEN404" in err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_readme_test_commands_are_what_ci_runs():
+    """The README's test commands carry the same pytest arguments as .ci/run (both stages, -ra included)."""
+    root = Path(__file__).resolve().parents[2]
+    readme, ci = (root / "README.md").read_text(), (root / ".ci" / "run").read_text()
+
+    def pytest_args(text: str, target: str) -> set[str]:
+        return {line.split("-m pytest", 1)[1].strip().strip('"') for line in text.splitlines()
+                if f"-m pytest {target}" in line and "not slow" not in line}
+
+    for target in ("test ", "test/nxdi_cpu "):
+        assert pytest_args(readme, target) == pytest_args(ci, target) != set()
+    assert all("-ra" in args for args in pytest_args(ci, "test"))

@@ -3,8 +3,10 @@ peak memory."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -185,3 +187,14 @@ def test_peak_memory_of_loading(tmp_path):
     ratio = (result["after"] - result["before"]) / size
     print(f"peak RSS growth while loading: {ratio:.2f} x the {size / 2**20:.0f} MiB checkpoint")
     assert ratio <= 1.6
+
+
+def test_readme_states_the_defaults_of_from_pretrained():
+    """The README's signature line of ``from_pretrained`` gives each keyword's real default."""
+    readme = (SRC.parent / "README.md").read_text(encoding="utf-8")
+    line = next(line for line in readme.splitlines() if "`from_pretrained(path, " in line)
+    stated = dict(re.findall(r"(\w+)=([^,.)][^,)]*)", line))
+    assert stated, line
+    params = inspect.signature(zaya1.ZayaForCausalLM.from_pretrained).parameters
+    for name, value in stated.items():
+        assert repr(params[name].default) == value, (name, value)

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from zaya1 import ZayaConfig, ZayaForCausalLM
 from zaya1.sharding import rank_state_dicts, split_neuron_state_dict
 from zaya1.simulated_tp import SimulatedTP
+from zaya1.tools.cli import main as cli_main
 
 ROOT = Path(__file__).parents[2]
 GOLDEN = ROOT / "test" / "data" / "golden" / "zaya1-original-gqa"
@@ -57,6 +58,19 @@ def test_bad_tp_is_a_clear_error(tmp_path, capsys):
     assert convert("--model-path", GOLDEN, "--output", tmp_path, "--tp-degree", 3) == 2
     assert "tp_degree=3 does not divide the 4 query heads" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_bad_tp_is_refused_before_the_weights_are_read(tmp_path, capsys):
+    """convert.py and `zaya1 generate --tp-degree` read config.json first: a checkpoint without weights (reading
+    them would fail) still gets the tp error, so a real one is not loaded for minutes only to be refused."""
+    ckpt = tmp_path / "config-only"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text((GOLDEN / "config.json").read_text())
+    assert convert("--model-path", ckpt, "--output", tmp_path / "out", "--tp-degree", 3) == 2
+    assert "tp_degree=3 does not divide the 4 query heads" in capsys.readouterr().err
+    assert cli_main(["generate", "--model", str(ckpt), "--tp-degree", "3"]) == 2
+    assert "tp_degree=3 does not divide the 4 query heads" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 PEAK_SCRIPT = r"""

@@ -10,7 +10,7 @@ import torch
 
 import zaya1
 import zaya1.kernels
-from zaya_testlib import TINY_CONFIGS, TOL, load_hf, max_diff
+from zaya_testlib import TINY_CONFIGS, TOL, load_hf, max_diff, upstream
 
 pytestmark = pytest.mark.usefixtures("inference")
 
@@ -124,6 +124,20 @@ def test_bfloat16_matches_upstream(tiny, report, monkeypatch, name):
     expected, tokens = upstream_decode_steps(hf, ids, steps=8)
     diffs = [max_diff(o, h) for o, h in zip(our_decode_steps(ours, ids, tokens), expected)]
     assert report(f"{name} bf16 prefill+decode steps", max(diffs)) <= BF16_TOL
+
+
+def test_exact_kernels_are_upstream_eager_bit_for_bit_not_its_defaults(tiny, monkeypatch):
+    """What --exact-kernels promises (README, CLI help): bf16 logits bit-identical to upstream with eager
+    attention and eager experts; upstream's defaults (sdpa attention, grouped_mm experts) round differently."""
+    monkeypatch.setattr(zaya1.kernels, "EXACT", True)
+    m = tiny("gqa8x2")
+    ids = torch.stack(prompts(m.config.vocab_size, [14, 14, 14], seed=1))
+    ours = zaya1.ZayaForCausalLM.from_pretrained(m.path, dtype=torch.bfloat16)(ids).logits
+    assert torch.equal(ours, load_hf(m.path, dtype=torch.bfloat16)(ids).logits)
+    defaults = upstream().ZayaForCausalLM.from_pretrained(m.path, dtype=torch.bfloat16).eval()
+    assert defaults.config._attn_implementation == "sdpa"
+    assert defaults.config._experts_implementation == "grouped_mm"
+    assert not torch.equal(ours, defaults(ids).logits)
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import sys
 from contextlib import redirect_stdout
 
 import pytest
@@ -49,7 +50,7 @@ def test_plain_text_without_special_tokens(chat):
     assert bare == chat.tok(text, add_special_tokens=False).input_ids and 4 not in bare and 2 not in bare
 
 
-def test_chat_without_template_is_refused(chat, tmp_path):
+def test_chat_without_template_is_refused(chat, tmp_path, monkeypatch):
     shutil.copytree(chat.path, tmp_path / "c")
     cfg = json.loads((tmp_path / "c" / "tokenizer_config.json").read_text())
     cfg.pop("chat_template", None)
@@ -58,6 +59,20 @@ def test_chat_without_template_is_refused(chat, tmp_path):
         extra.unlink()
     with pytest.raises(InputError, match="no chat template"):
         Tokenizer.from_pretrained(tmp_path / "c").encode("hi", chat=True)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # tokenizers alone says the same
+    with pytest.raises(InputError, match="no chat template"):
+        Tokenizer.from_pretrained(tmp_path / "c").encode("hi", chat=True)
+
+
+def test_chat_template_without_transformers_names_what_to_install(chat, monkeypatch):
+    """tokenizers alone reads tokenizer.json but cannot render a Jinja chat template: say so, not 'no template'."""
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
+    tokenizer = Tokenizer.from_pretrained(chat.path)
+    assert not hasattr(tokenizer.backend, "apply_chat_template")  # really the tokenizers-only path
+    assert tokenizer.encode(PROMPTS[0]) == chat.tok(PROMPTS[0]).input_ids  # plain text still encodes
+    with pytest.raises(InputError, match=r"rendering the chat template of .* needs transformers, which is not "
+                                         r"installed: pip install 'transformers>=5.23,<5.40'"):
+        tokenizer.encode("hi", chat=True)
 
 
 # ---------------------------------------------------------------------------------------------- streaming

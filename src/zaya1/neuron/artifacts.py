@@ -7,8 +7,7 @@ tested anywhere.
 * ``atomic_output_dir``: compile into ``<final>.partial-<pid>``, write the manifest last (its presence is
   the completion marker) and only then move the directory into place. A failed or interrupted compile
   leaves nothing that looks complete, and a previous complete compile stays untouched until the new one
-  has succeeded. ``compile_lock`` keeps two compiles out of one directory.
-* ``save_state_dict_atomic``: safetensors written to a temp file, then renamed into place.
+  has succeeded (zaya1.atomic.atomic_dir). ``compile_lock`` keeps two compiles out of one directory.
 
 Typical use by the compile script::
 
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from ..atomic import atomic_dir, ensure_parent, unwritable
 from ..errors import ArtifactError, CheckpointError, CheckpointNotFoundError, ConfigError, InputError
 from ..version import __version__
 
@@ -226,46 +226,6 @@ def fingerprint_checkpoint(checkpoint_dir: str | Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def _note(exc: BaseException, text: str) -> None:
-    if hasattr(exc, "add_note"):
-        exc.add_note(text)
-
-
-def _unwritable(target: Path, where: Path, exc: OSError | None, what: str = "compiled artifacts") -> ArtifactError:
-    reason = f" ({exc.strerror or exc})" if exc is not None else ""
-    return ArtifactError(f"cannot write {what} to {target}: {where} is not a writable directory{reason}. Choose "
-                         f"another output directory (e.g. --compiled-model-path) or fix its permissions.")
-
-
-def _ensure_parent(target: Path, what: str = "compiled artifacts") -> Path:
-    """Create ``target``'s parent if needed and check up-front that it is a writable directory."""
-    parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            raise ArtifactError(f"cannot write {what} to {target}: {blocker} is a file, not a directory. Choose "
-                                f"another output directory (e.g. --compiled-model-path).") from None
-        raise _unwritable(target, parent, exc, what) from None
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise _unwritable(target, parent, None, what)
-    return parent
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -283,7 +243,7 @@ def compile_lock(final_dir: str | Path) -> Iterator[Path]:
     that holds the lock. Yields the lock file's path."""
     final = Path(final_dir).absolute()
     lock_path = final.with_name(final.name + ".lock")
-    _ensure_parent(final)
+    ensure_parent(final)
 
     def busy(pid: str) -> ArtifactError:
         return ArtifactError(f"another compile (pid {pid or 'unknown'}) is writing {final} (it holds {lock_path}). "
@@ -301,13 +261,13 @@ def compile_lock(final_dir: str | Path) -> Iterator[Path]:
                     continue
                 raise busy(pid) from None
             except OSError as exc:
-                raise _unwritable(final, final.parent, exc) from None
+                raise unwritable(final, final.parent, exc) from None
     else:
         while True:
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise _unwritable(final, final.parent, exc) from None
+                raise unwritable(final, final.parent, exc) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # someone holds it
@@ -350,23 +310,6 @@ def _write_manifest(directory: Path, manifest: ArtifactManifest) -> Path:
     return target
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished ``tmp`` to ``final``; an existing ``final`` is removed only after that succeeded."""
-    if not final.exists():
-        os.rename(tmp, final)
-        return
-    old = final.with_name(f"{final.name}.old-{os.getpid()}")
-    if old.exists():
-        shutil.rmtree(old)
-    os.rename(final, old)
-    try:
-        os.rename(tmp, final)
-    except BaseException:
-        os.rename(old, final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def is_complete(artifacts_dir: str | Path) -> bool:
     """Whether ``artifacts_dir`` holds a finished compile (its manifest, written last, is there)."""
     return (Path(artifacts_dir) / MANIFEST_NAME).is_file()
@@ -397,7 +340,7 @@ def atomic_output_dir(final_dir: str | Path, manifest: ArtifactManifest, *, lock
     if not isinstance(manifest, ArtifactManifest):
         raise TypeError(f"manifest must be an ArtifactManifest, got {type(manifest).__name__}")
     final = Path(final_dir).absolute()
-    _ensure_parent(final)
+    ensure_parent(final)
     if final.exists() and not final.is_dir():
         raise ArtifactError(f"cannot write compiled artifacts to {final}: it is a file. Remove it or choose another "
                             f"output directory.")
@@ -409,64 +352,12 @@ def atomic_output_dir(final_dir: str | Path, manifest: ArtifactManifest, *, lock
         if lock:  # nobody else can be writing: any leftover is from a compile that died
             for leftover in _leftovers(final):
                 if ".old-" in leftover.name and not final.exists() and is_complete(leftover):
-                    os.rename(leftover, final)  # died between the two renames of _replace_dir: restore
+                    os.rename(leftover, final)  # died between the two renames of replace_dir: restore
                 else:
                     shutil.rmtree(leftover, ignore_errors=True)
-        tmp = final.with_name(f"{final.name}.partial-{os.getpid()}")
-        try:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir()
-        except OSError as exc:
-            raise _unwritable(final, final.parent, exc) from None
-        try:
+        with atomic_dir(final, "compiled artifacts", finish=lambda tmp: _write_manifest(tmp, manifest),
+                        complete=is_complete) as tmp:
             yield tmp
-        except BaseException as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            _note(exc, f"zaya1: the compile into {final} failed; its partial output was removed"
-                       + (" and the previous artifacts there are untouched." if is_complete(final) else "."))
-            raise
-        try:
-            _write_manifest(tmp, manifest)
-            _fsync(tmp)
-            _replace_dir(tmp, final)
-        except BaseException as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, OSError):
-                raise ArtifactError(f"finishing the compile into {final} failed ({exc}); the partial output was "
-                                    f"removed and {final} was left as it was. Check free disk space and "
-                                    f"permissions, then compile again.") from exc
-            raise
-
-
-def save_state_dict_atomic(state_dict: Mapping[str, Any], path: str | Path,
-                           metadata: dict[str, str] | None = None) -> Path:
-    """Write ``state_dict`` as safetensors to ``.<name>.tmp-<pid>`` next to ``path``, fsync it and rename it
-    to ``path``: ``path`` is either the complete new file or what it was before (never half a file). A
-    failure removes the temp file and raises ArtifactError naming ``path``."""
-    from safetensors.torch import save_file
-
-    path = Path(path).absolute()
-    _ensure_parent(path, what="weights")
-    if path.is_dir():
-        raise ArtifactError(f"cannot write weights to {path}: it is a directory. Pass a file path ending in "
-                            f".safetensors.")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(dict(state_dict), str(tmp), metadata=metadata)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise ArtifactError(f"writing {path} failed midway ({exc}); nothing was written there"
-                                + (" (the previous file is untouched)" if path.exists() else "")
-                                + ". Check free disk space and permissions, then retry.") from exc
-        raise
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -1,18 +1,22 @@
 #!/usr/bin/env python
-"""``zaya1 compile`` (also ``python scripts/compile.py``): trace and compile ZAYA1 for Trainium2 ahead of time.
+r"""``zaya1 compile`` (also ``python scripts/compile.py``): trace and compile ZAYA1 for Trainium2 ahead of time.
 
     zaya1 compile --model-path /ckpt/ZAYA1-8B --compiled-model-path /ckpts/zaya1-tp4 \
-        --tp-degree 4 --batch-size 4 --max-context-length 2048 --seq-len 4096 --buckets 512,1024,2048
+        --tp-degree 4 --batch-size 4 --max-context-length 512 --seq-len 4096 --buckets 128,256,512
 
 Prints the sharding plan (per-rank shapes and bytes), buckets and progress; writes the artifacts into a
 temporary sibling directory and moves it into place only when the compile has finished, with a manifest
 (zaya1-artifacts.json, written last) that ``NeuronZayaForCausalLM.load`` checks: artifacts made for another
 tp degree, batch, length, dtype, checkpoint or SDK version are refused. A lock keeps two compiles out of one
 directory. ``--dry-run`` validates the settings and prints the plan without the Neuron SDK.
+
+Context-encoding buckets above 512 (the largest known to compile) draw a warning: neuronx-cc crashed
+(NCC_ITEN404) on buckets >= 1024 in the compiles reported so far (docs/trainium.md).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from ..simulated_tp import describe_plan
 
 TRN2_LOGICAL_CORE_HBM = 24 * 1024 ** 3  # a Trainium2 chip's 96 GiB over its 4 logical cores at LNC 2 (trn2.3xlarge,
 # and each of trn2.48xlarge's 16 chips), before runtime overhead (Neuron docs: Trainium2 architecture)
+KNOWN_GOOD_CONTEXT_BUCKET = 512  # neuronx-cc crashed (NCC_ITEN404) on context buckets >= 1024 (docs/trainium.md)
 
 
 def _ints(text: str | None, flag: str = "--buckets") -> list[int]:
@@ -46,9 +51,12 @@ def parse_args(argv=None):
     p.add_argument("--compiled-model-path", required=True, help="where the compiled artifacts go")
     p.add_argument("--tp-degree", type=int, default=4, help="1, 2, 4 or 8 (trn2.3xlarge at LNC=2: 4 cores)")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--max-context-length", type=int, default=1024, help="longest prompt")
+    p.add_argument("--max-context-length", type=int, default=KNOWN_GOOD_CONTEXT_BUCKET,
+                   help=f"longest prompt (default {KNOWN_GOOD_CONTEXT_BUCKET}: context buckets above it are not "
+                        f"known to compile)")
     p.add_argument("--seq-len", type=int, default=2048, help="prompt + generated tokens")
-    p.add_argument("--buckets", help="context-encoding buckets, e.g. 256,512,1024 (default: one bucket)")
+    p.add_argument("--buckets", help="context-encoding buckets, e.g. 128,256,512 (default: one bucket of "
+                                     "--max-context-length)")
     p.add_argument("--token-generation-buckets", help="KV-length buckets for token generation")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--on-device-sampling", action="store_true", help="sample on device (no logits on host)")
@@ -88,6 +96,11 @@ def plan(args) -> tuple[ZayaConfig, ArtifactManifest | None]:
     print(f"  context-encoding buckets {manifest.buckets}, token-generation buckets "
           f"{manifest.token_generation_buckets}, batch {args.batch_size}, dtype {manifest.dtype}, "
           f"on-device sampling {'on' if args.on_device_sampling else 'off'}")
+    risky = [b for b in manifest.buckets if b > KNOWN_GOOD_CONTEXT_BUCKET]
+    if risky:
+        print(f"zaya1 compile: warning: context-encoding bucket(s) {risky} exceed {KNOWN_GOOD_CONTEXT_BUCKET}, the "
+              f"largest known to compile (neuronx-cc crashed with NCC_ITEN404 on buckets >= 1024, docs/trainium.md); "
+              f"use --buckets 128,256,512 --max-context-length 512 unless you are testing that", file=sys.stderr)
     return zaya, manifest
 
 

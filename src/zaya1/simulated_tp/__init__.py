@@ -83,8 +83,14 @@ def thread_comms(tp: int) -> list[ThreadComm]:
 
 def from_pretrained(path, tp_degree: int, **kwargs):
     """A checkpoint directory (either layout) as ``tp_degree`` simulated ranks: a ``SimulatedTP``, or the plain
-    ZayaForCausalLM when ``tp_degree`` is 1. ``kwargs``: those of ``ZayaForCausalLM.from_pretrained``."""
-    model = ZayaForCausalLM.from_pretrained(path, **kwargs)
+    ZayaForCausalLM when ``tp_degree`` is 1. ``kwargs``: those of ``ZayaForCausalLM.from_pretrained``. A
+    degree the plan cannot split is refused from config.json, before any weight is read."""
+    check_tp(ZayaConfig.from_pretrained(path), tp_degree)
+    return shard(ZayaForCausalLM.from_pretrained(path, **kwargs), tp_degree)
+
+
+def shard(model: ZayaForCausalLM, tp_degree: int):
+    """``model`` as ``tp_degree`` simulated ranks (a ``SimulatedTP``), or ``model`` itself when it is 1."""
     check_tp(model.config, tp_degree)
     return model if tp_degree == 1 else SimulatedTP.from_model(model, tp_degree)
 

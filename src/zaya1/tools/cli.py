@@ -10,17 +10,25 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .. import __version__, simulated_tp
 from ..neuron import compile_cli
 from . import bench
 from ..neuron import cost as cost_module
-from ..checkpoint import resolve_device
+from ..checkpoint import resolve_device, resolve_dtype
 from ..errors import InputError, run_reporting_errors
 from ..generation_config import eos_ids
 from ..streaming import TextStreamer
 from ..tokenizer import Tokenizer
 
 __all__ = ["main", "run_reporting_errors"]
+
+GENERATE_EXAMPLES = """examples:
+  zaya1 generate                                   # the embedded random demo model (no checkpoint needed)
+  zaya1 generate --model /ckpt/ZAYA1-8B --chat --prompt "What is the capital of France?"
+  zaya1 generate --model /ckpt/ZAYA1-8B --no-special-tokens --prompt "The capital of France is" \\
+      --temperature 0
+  zaya1 generate --model /ckpt/ZAYA1-8B --prompt-file prompt.txt --do-sample --temperature 0.7 --top-p 0.9
+"""
 
 
 def token_ids(text: str) -> list[int]:
@@ -56,8 +64,9 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device for the cpu/cuda backend, e.g. cuda")
     p.add_argument("--tp-degree", type=int, default=1, help="cpu: run the tensor-parallel shards simulated")
     p.add_argument("--exact-kernels", action="store_true",
-                   help="cpu bf16: F.linear and transformers' eager numerics everywhere (bit-identical to it) "
-                        "instead of the fast path this CPU's features select")
+                   help="cpu bf16: F.linear and transformers' eager numerics everywhere (bit-identical to transformers "
+                        "with attn_implementation='eager' and experts_implementation='eager', not to its sdpa / "
+                        "grouped_mm defaults) instead of the fast path this CPU's features select")
     p.add_argument("--backend", choices=("torch", "neuron"), default="torch")
     p.add_argument("--compiled", help="neuron backend: directory written by zaya1 compile")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming")
@@ -65,11 +74,13 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_for_generation(args):
     """(model, tokenizer or None when token ids are given and the checkpoint has none, label, is_demo)."""
-    if args.model is None and args.backend == "torch":
+    if args.model is None and args.backend == "torch":  # honours --dtype / --device / --tp-degree or refuses them
         from .demo import demo_model, demo_tokenizer
 
-        return (demo_model().to(resolve_device(args.device)), demo_tokenizer(),
-                "DEMO: tiny ZAYA1 with random weights (no --model given); the text is gibberish by design", True)
+        model = demo_model()
+        model = model.to(device=resolve_device(args.device), dtype=resolve_dtype(args.dtype, model.config))
+        return (simulated_tp.shard(model, args.tp_degree), demo_tokenizer(),
+                "DEMO: tiny ZAYA1 with random weights (no --model given), sampling: random characters by design", True)
     if args.backend == "neuron":
         if not args.compiled:
             raise InputError("--backend neuron needs --compiled DIR (written by zaya1 compile)")
@@ -78,8 +89,6 @@ def load_for_generation(args):
         model = NeuronZayaForCausalLM.from_compiled(args.compiled, model_path=args.model)
         path, label = model.model_path, f"neuron ({args.compiled})"
     else:
-        from .. import simulated_tp
-
         model = simulated_tp.from_pretrained(args.model, dtype=args.dtype, device=args.device,
                                              tp_degree=args.tp_degree)
         path, label = args.model, args.model
@@ -130,11 +139,6 @@ class Timer:
             self.inner.end()
 
 
-def printable(text: str) -> str:
-    """The demo's random bytes, readable: non-printable characters (and U+FFFD) as escapes."""
-    return "".join(c if c.isprintable() and c != "\ufffd" or c in "\n " else ascii(c)[1:-1] for c in text)
-
-
 def summary(load_s: float, prompt_tokens: int, new_tokens: int, batch: int, times: list[float]) -> list[str]:
     """llama.cpp-style timings: load, prompt (TTFT), decode tok/s."""
     ttft = times[1] - times[0]
@@ -173,11 +177,12 @@ def run_generate(args) -> int:
                          top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                          seed=args.seed, streamer=timer)
     if not stream:
-        for row in out[:, width:].tolist():
+        for prompt, row in zip(rows, out[:, width:].tolist()):
             if tokenizer is None:
                 print(" ".join(map(str, row)))
-            elif demo:
-                print(f"token ids: {' '.join(map(str, row))}\ntext: {printable(tokenizer.decode(row))}")
+            elif demo:  # printable characters (the demo EOS decodes to nothing)
+                print(f"prompt:    {tokenizer.decode(prompt)}\ngenerated: {tokenizer.decode(row)}\n"
+                      f"token ids: {' '.join(map(str, row))}")
             else:
                 print(tokenizer.decode(row))
     for line in summary(load_s, int(mask.sum()), out.shape[1] - width, len(rows), timer.times):
@@ -195,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version",
                         version=f"zaya1 {__version__} (torch {torch.__version__}, python {sys.version.split()[0]})")
     sub = parser.add_subparsers(dest="command", required=True)
-    _generate_arguments(sub.add_parser("generate", help="generate text from a prompt"))
+    _generate_arguments(sub.add_parser("generate", help="generate text from a prompt", epilog=GENERATE_EXAMPLES,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter))
     bench.add_arguments(sub.add_parser("bench", help="benchmark zaya1 against transformers (scripts/benchmark.py)"))
     cost_module.add_arguments(sub.add_parser("cost", help="Trainium2 cost model of the lowered graphs (torch-xla)"))
     sub.add_parser("compile", help="compile for Trainium2 (zaya1 compile --help)", add_help=False)

@@ -1,22 +1,27 @@
-"""The embedded default model: a tiny ZAYA1 with random weights (fixed seed) and a byte-level tokenizer, so
-``zaya1 generate`` runs on a fresh machine without a checkpoint. Its output is gibberish by construction."""
+"""The embedded default model: a tiny ZAYA1 with random weights (fixed seed) and a character tokenizer over
+printable ASCII, so ``zaya1 generate`` runs on a fresh machine without a checkpoint. It samples by default
+(its generation_config), so its output is a random string of printable characters: gibberish by
+construction, and recognisably so."""
 
 from __future__ import annotations
 
 import torch
+from tokenizers import Regex, Tokenizer as RawTokenizer, decoders, models, normalizers
 
 from ..config import ZayaConfig
+from ..generation_config import GenerationDefaults
 from ..tokenizer import Tokenizer
 from ..model import ZayaForCausalLM
 
-SPECIALS = ["<pad>", "<eos>", "<bos>"]  # ids 0, 1, 2; the 256 bytes follow
+EOS = "<eos>"  # id 0, the only special token
+CHARACTERS = [chr(c) for c in range(32, 127)]  # printable ASCII, ids 1-95: every other token prints
 
 
 def demo_config() -> ZayaConfig:
-    return ZayaConfig(vocab_size=259, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+    return ZayaConfig(vocab_size=1 + len(CHARACTERS), hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, head_dim=64, num_experts=4, moe_intermediate_size=128,
                       router_hidden_size=32, max_position_embeddings=2048, rope_theta=10_000.0,
-                      pad_token_id=0, eos_token_id=[1], bos_token_id=2, torch_dtype="float32")
+                      pad_token_id=None, eos_token_id=[0], bos_token_id=None, torch_dtype="float32")
 
 
 def init_random_(model: ZayaForCausalLM, seed: int = 0) -> ZayaForCausalLM:
@@ -43,16 +48,16 @@ def init_random_(model: ZayaForCausalLM, seed: int = 0) -> ZayaForCausalLM:
 
 
 def demo_model(seed: int = 0) -> ZayaForCausalLM:
-    return init_random_(ZayaForCausalLM(demo_config()), seed).eval()
+    """Float32 on the CPU; sampling by default (greedy decoding of random weights repeats one character)."""
+    model = init_random_(ZayaForCausalLM(demo_config()), seed).eval()
+    model.generation_config = GenerationDefaults({"do_sample": True})
+    return model
 
 
 def demo_tokenizer() -> Tokenizer:
-    from tokenizers import Tokenizer as RawTokenizer, decoders, models, pre_tokenizers
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + sorted(alphabet))}
-    raw = RawTokenizer(models.BPE(vocab=vocab, merges=[]))
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    raw.decoder = decoders.ByteLevel()
-    raw.add_special_tokens(SPECIALS)
-    return Tokenizer(raw, eos_token_ids=[1])
+    """One token per printable ASCII character (no merges); any other character of a prompt reads as "?"."""
+    raw = RawTokenizer(models.BPE(vocab={tok: i for i, tok in enumerate([EOS] + CHARACTERS)}, merges=[]))
+    raw.normalizer = normalizers.Replace(Regex("[^ -~]"), "?")
+    raw.decoder = decoders.Fuse()  # characters joined as they are
+    raw.add_special_tokens([EOS])
+    return Tokenizer(raw, eos_token_ids=[0])

@@ -54,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", choices=("off", "on", "both"), default="both",
                    help="zaya1 decode step: eager (off), torch.compile'd (on), or both side by side (default)")
     p.add_argument("--exact-kernels", action="store_true",
-                   help="zaya1 with F.linear (bit-identical to transformers) instead of the fast bf16 CPU kernels")
+                   help="zaya1 with F.linear (bit-identical to transformers' eager attention and experts, not its "
+                        "sdpa / grouped_mm defaults) instead of the fast bf16 CPU kernels")
     p.add_argument("--no-hf", action="store_true", help="zaya1 only (no transformers comparison)")
     p.add_argument("--hf-attn", default="sdpa", choices=("sdpa", "eager"),
                    help="transformers attention implementation (default sdpa, its default and fastest on CPU)")
