@@ -20,6 +20,11 @@ src/neuronx_distributed):
 
 from __future__ import annotations
 
+import os
+import re
+import warnings
+
+import neuronx_distributed_inference
 import torch
 from torch import nn
 
@@ -38,6 +43,21 @@ from ..errors import ConfigError
 from ..model import ZayaModel
 from ..sharding import AttentionShard, check_tp, partition_dim
 
+# NxDI releases (major, minor) this backend is tested with: 0.9 is Neuron SDK 2.29's, and the vendored source
+# the NxDI CPU stage runs (4bcdc54). zaya1 subclasses NxDI internals (KVCacheManager, the model wrapper's
+# padding), so another release may differ; none is known to break.
+NXDI_TESTED = ((0, 9),)
+
+
+def check_nxdi_version(version: str | None = None) -> None:
+    """Warn when NxDI (``neuronx_distributed_inference.__version__``, or ``version``) is not a tested release."""
+    version = neuronx_distributed_inference.__version__ if version is None else version
+    if tuple(int(part) for part in re.findall(r"\d+", version)[:2]) not in NXDI_TESTED:
+        tested = ", ".join(f"{major}.{minor}.x" for major, minor in NXDI_TESTED)
+        warnings.warn(f"neuronx-distributed-inference {version} is not a release zaya1 is tested with ({tested}); "
+                      f"run the integration suite (test/integration) before relying on it.", stacklevel=2)
+
+
 # NeuronConfig field -> (value that is unsupported, why / what to pass)
 _UNSUPPORTED = {
     "sequence_parallel_enabled": "the CCA causal convolutions need neighbouring tokens on one rank",
@@ -55,6 +75,7 @@ _UNSUPPORTED = {
     "kv_quant_config": "a quantized KV cache is not implemented for ZAYA1",
     "lora_config": "ZAYA1's projections are not LoRA layers",
     "tensor_capture_config": "tensor capture is not supported for ZAYA1",
+    "async_mode": "zaya1's step API and vllm-neuron read each step's output on the host before the next step",
 }
 
 
@@ -115,6 +136,11 @@ class ZayaInferenceConfig(InferenceConfig):
             self.zaya = ZayaConfig.from_pretrained(self._name_or_path).to_dict()
         zaya = self.zaya_config
         check_tp(zaya, self.neuron_config.tp_degree)
+        check_nxdi_version()
+        if int(os.environ.get("NEURON_COMBINE_KV_ALLOCATIONS", "0")) and zaya.num_hidden_layers % 2:
+            raise ConfigError(f"NEURON_COMBINE_KV_ALLOCATIONS is set: NxD allocates past_key_values in pairs, which "
+                              f"with {zaya.num_hidden_layers} layers pairs the last conv state with the first value "
+                              f"state (different shapes). Unset NEURON_COMBINE_KV_ALLOCATIONS.")
         # the fields NxDI reads by their Hugging Face names (models/model_base.py, modules/kvcache); not
         # sliding_window: ZAYA1's own modules apply the window, NxDI's attention paths are not used
         for name in HF_NAMED_FIELDS:
