@@ -1,5 +1,6 @@
 """ZAYA1's NxDI configuration against NxDI / NxD's own code: the modes it refuses with a one-line error, the
-NxD state allocation it must fit (``NEURON_COMBINE_KV_ALLOCATIONS``) and the NxDI version gate."""
+NxD state allocation it must fit (``NEURON_COMBINE_KV_ALLOCATIONS``), the NxDI version gate, and what
+``zaya1 compile``'s flags put into NxDI's config."""
 from __future__ import annotations
 
 import warnings
@@ -9,11 +10,15 @@ import pytest
 pytest.importorskip("neuronx_distributed_inference", reason="NxDI is not installed: run the NxDI CPU stage in the "
                                                             "environment of scripts/nxdi_cpu_env.sh")
 import torch  # noqa: E402
+from neuronx_distributed.trace.model_builder import _check_weight_name_regex  # noqa: E402
 from neuronx_distributed.trace.spmd import StateInitializer  # noqa: E402
+from neuronx_distributed_inference.models.config import OnDeviceSamplingConfig  # noqa: E402
 
+import cases  # noqa: E402
 from zaya1.config import ZayaConfig  # noqa: E402
 from zaya1.errors import ConfigError  # noqa: E402
 from zaya1.neuron import ZayaInferenceConfig, ZayaNeuronConfig  # noqa: E402
+from zaya1.neuron.compile_cli import neuron_config, parse_args  # noqa: E402
 from zaya1.neuron.modeling import ZayaCacheManager, check_nxdi_version  # noqa: E402
 
 BASE = dict(tp_degree=1, batch_size=2, seq_len=64, max_context_length=32, torch_dtype=torch.float32)
@@ -85,3 +90,36 @@ def test_nxdi_version_gate():
     with pytest.warns(UserWarning, match=r"neuronx-distributed-inference 0\.10\.18399 is not a release"):
         check_nxdi_version("0.10.18399")
 
+
+def compile_args(*extra: str):
+    return parse_args(["--model-path", str(cases.golden_dir("gqa", "hf")), "--compiled-model-path", "unused",
+                       "--tp-degree", "1", *extra])
+
+
+def test_compile_flags_sampling_and_layout_exclusions():
+    """``zaya1 compile --on-device-sampling greedy|sample --skip-layout-optimization REGEX`` reach NxDI's config,
+    and the documented experts regex selects exactly the expert weights of the NxDI model, resolved the way
+    NxD's ModelBuilder resolves it (trace/model_builder.py ``_check_weight_name_regex``)."""
+    experts = r"model\.layers\.\d+\.mlp\.experts\..*"
+    sample = neuron_config(compile_args("--on-device-sampling", "sample", "--skip-layout-optimization", experts))
+    assert sample.on_device_sampling_config.do_sample and sample.on_device_sampling_config.dynamic
+    assert sample.weights_to_skip_layout_optimization == [experts]
+    assert not neuron_config(compile_args("--on-device-sampling", "greedy")).on_device_sampling_config.do_sample
+    assert neuron_config(compile_args()).on_device_sampling_config is None
+    model = cases.neuron_model(cases.golden_dir("gqa", "hf"), 1)
+    names = [name for name, _ in model.models[0].model.named_parameters()]
+    skipped = _check_weight_name_regex({experts}, {name: i for i, name in enumerate(names)})
+    assert skipped and skipped == {name for name in names if ".mlp.experts." in name}
+
+
+def test_on_device_sampling_refuses_top_k_beyond_global_topk():
+    """NxDI's sampler draws from its global_topk (256) most likely tokens at most: on the golden model's
+    vocabulary of 384, top_k 300 or no top_k is refused before anything runs; top_k 256 samples."""
+    model = cases.neuron_model(cases.golden_dir("gqa", "hf"), 1,
+                               on_device_sampling_config=OnDeviceSamplingConfig(do_sample=True, dynamic=True))
+    prompts = cases.golden("gqa")["a_input_ids"]
+    assert model.config.vocab_size > model.neuron_config.on_device_sampling_config.global_topk == 256
+    for top_k in (0, 300):
+        message = cases.refusal(model, prompts, do_sample=True, top_k=top_k, max_new_tokens=2)
+        assert "global_topk" in message and "top_k <= 256" in message and "\n" not in message, message
+    assert cases.refusal(model, prompts, do_sample=True, top_k=256, max_new_tokens=2, seed=0) == ""
