@@ -17,7 +17,7 @@ from neuronx_distributed_inference.models.config import OnDeviceSamplingConfig  
 import cases  # noqa: E402
 from zaya1.config import ZayaConfig  # noqa: E402
 from zaya1.errors import ConfigError  # noqa: E402
-from zaya1.neuron import ZayaInferenceConfig, ZayaNeuronConfig  # noqa: E402
+from zaya1.neuron import NeuronZayaForCausalLM, ZayaInferenceConfig, ZayaNeuronConfig  # noqa: E402
 from zaya1.neuron.compile_cli import neuron_config, parse_args  # noqa: E402
 from zaya1.neuron.modeling import ZayaCacheManager, check_nxdi_version  # noqa: E402
 
@@ -123,3 +123,21 @@ def test_on_device_sampling_refuses_top_k_beyond_global_topk():
         message = cases.refusal(model, prompts, do_sample=True, top_k=top_k, max_new_tokens=2)
         assert "global_topk" in message and "top_k <= 256" in message and "\n" not in message, message
     assert cases.refusal(model, prompts, do_sample=True, top_k=256, max_new_tokens=2, seed=0) == ""
+
+
+def test_automatic_context_buckets_stop_at_512():
+    """vllm-neuron's defaults for ``--max-model-len 4096`` (max_context_length = seq_len = 4096, bucketing on, no
+    buckets given): the context-encoding submodel NxDI's constructor builds gets NxDI's own automatic buckets
+    up to 512 (the longest prompt is 512, with a warning); buckets given in the config (vLLM:
+    override_neuron_config) are taken as they are."""
+    path = str(cases.golden_dir("gqa", "hf"))
+    vllm_neuron = dict(tp_degree=1, batch_size=2, ctx_batch_size=1, is_continuous_batching=True, seq_len=4096,
+                       max_context_length=4096, enable_bucketing=True, torch_dtype=torch.float32)
+
+    def context_buckets(**changes) -> list[int]:
+        config = ZayaInferenceConfig.from_checkpoint(path, ZayaNeuronConfig(**{**vllm_neuron, **changes}))
+        return list(NeuronZayaForCausalLM(path, config).context_encoding_model.neuron_config.buckets)
+
+    with pytest.warns(UserWarning, match="caps the longest prompt at 512"):
+        assert context_buckets() == [128, 256, 512]
+    assert context_buckets(context_encoding_buckets=[512, 1024]) == [512, 1024]

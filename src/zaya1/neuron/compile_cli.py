@@ -88,7 +88,8 @@ def neuron_config(args):
     return ZayaNeuronConfig(
         tp_degree=args.tp_degree, batch_size=args.batch_size, max_context_length=args.max_context_length,
         seq_len=args.seq_len, torch_dtype=resolve_dtype(args.dtype), padding_side="right",
-        enable_bucketing=bool(ctx_buckets or tkg_buckets), context_encoding_buckets=ctx_buckets or None,
+        enable_bucketing=bool(ctx_buckets or tkg_buckets),
+        context_encoding_buckets=ctx_buckets or ([args.max_context_length] if tkg_buckets else None),
         token_generation_buckets=tkg_buckets or None, is_continuous_batching=args.continuous_batching,
         ctx_batch_size=1 if args.continuous_batching else args.batch_size,
         on_device_sampling_config=None if args.on_device_sampling is None else OnDeviceSamplingConfig(

@@ -79,11 +79,26 @@ _UNSUPPORTED = {
 }
 
 
+# the longest context-encoding bucket compiled when none are given (docs/trainium.md: neuronx-cc NCC_ITEN404 is
+# reported for context buckets >= 1024)
+MAX_DEFAULT_CONTEXT_BUCKET = 512
+
+
 class ZayaNeuronConfig(MoENeuronConfig):
     """NxDI neuron config of ZAYA1 (a MoENeuronConfig); refuses the NxDI modes ZAYA1 does not implement,
-    naming the field."""
+    naming the field. With bucketing on and no ``context_encoding_buckets`` (vllm-neuron's default, which sets
+    max_context_length = max_model_len), the longest prompt is capped at ``MAX_DEFAULT_CONTEXT_BUCKET``, so
+    NxDI's automatic buckets stop there; given buckets are compiled as given."""
 
     def __init__(self, **kwargs):
+        longest = kwargs.get("max_context_length") or kwargs.get("seq_len", 128)
+        if kwargs.get("enable_bucketing") and not kwargs.get("context_encoding_buckets") and (
+                longest > MAX_DEFAULT_CONTEXT_BUCKET):
+            warnings.warn(f"max_context_length={longest} with automatic context buckets would compile buckets up to "
+                          f"{longest}; ZAYA1 caps the longest prompt at {MAX_DEFAULT_CONTEXT_BUCKET} (docs/vllm.md). "
+                          f"To compile longer ones, give context_encoding_buckets (vLLM: override_neuron_config).",
+                          stacklevel=2)
+            kwargs["max_context_length"] = MAX_DEFAULT_CONTEXT_BUCKET
         # absent continuous-batching rows get seq_id -1, so their KV and CCA state are not written (update_state)
         kwargs.setdefault("apply_seq_ids_mask", bool(kwargs.get("is_continuous_batching")))
         super().__init__(**kwargs)
