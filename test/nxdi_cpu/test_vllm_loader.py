@@ -20,6 +20,7 @@ import runpy
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -355,3 +356,51 @@ result = {{"warnings": [str(w.message) for w in caught if MANIFEST_NAME in str(w
     assert out["config_read"], out
     assert len(out["warnings"]) == 1 and "were skipped" in out["warnings"][0], out
     assert out["error"] is not None and {"FileNotFoundError", "ValueError"} & set(out["error"][0]), out["error"]
+
+
+
+# ---------------------------------------------------------------------------------------------- vLLM 0.16 itself
+VLLM_SITE = Path(os.environ.get("ZAYA1_VLLM_SITE", Path.home() / ".cache" / "zaya1" / "vllm-0.16.0"))
+needs_vllm = pytest.mark.skipif(not (VLLM_SITE / ".zaya1-stamp").is_file(), reason=(
+    f"vLLM 0.16.0 is not built in {VLLM_SITE}: run scripts/vllm_env.sh \"$(scripts/nxdi_cpu_env.sh | tail -n 1)\" "
+    f"(CI does)"))
+
+
+@needs_vllm
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_vllm_016_accepts_zaya1_as_a_generation_model(layout):
+    """vLLM 0.16's own code (the version vllm-neuron 0.5 runs on) after the plugin, as ``vllm serve <checkpoint>``
+    starts: ``vllm.config.ModelConfig`` reads config.json through the plugin's AutoConfig registration, resolves
+    "ZayaForCausalLM" through vLLM's ModelRegistry (the plugin's lazy "module:Class" entry, which vLLM inspects
+    in a subprocess: interfaces_base.is_text_generation_model and the rest of its _ModelInfo) and picks the
+    "generate" runner (without embed_input_ids it refuses: "This model does not support `--runner generate`").
+    The sizes vLLM reads are the HF-layout config.json's; the stub vLLM would build raises the stub's error."""
+    out = run(call_plugin_as_vllm_does(PLUGIN.split("=", 1)[1]) + f"""
+import torch
+import vllm
+from vllm import ModelRegistry
+from vllm.config import ModelConfig
+from vllm.model_executor.models.interfaces_base import is_text_generation_model
+from zaya1.errors import NeuronUnavailableError
+config = ModelConfig(model={str(LAYOUTS[layout])!r}, skip_tokenizer_init=True, max_model_len=64)
+info, arch = ModelRegistry.inspect_model_cls(config.architectures, config)
+cls, _ = ModelRegistry.resolve_model_cls(config.architectures, config)
+errors = []
+for call in (lambda: cls(vllm_config=None), lambda: cls.embed_input_ids(None, torch.zeros(1, dtype=torch.long))):
+    try:
+        call()
+    except NeuronUnavailableError as exc:
+        errors.append(str(exc))
+result = {{"vllm": vllm.__version__, "runner": config.runner_type, "arch": arch, "cls": cls.__name__,
+          "inspected_generation": info.is_text_generation_model, "generation": is_text_generation_model(cls),
+          "sizes": [config.hf_text_config.num_hidden_layers, config.hf_config.num_attention_heads,
+                    config.get_total_num_kv_heads(), config.get_head_size(), config.get_vocab_size()],
+          "errors": errors}}
+""", extra_path=str(VLLM_SITE))
+    upstream = json.loads((LAYOUTS["hf"] / "config.json").read_text())
+    assert out["vllm"] == "0.16.0" and out["runner"] == "generate", out
+    assert out["arch"] == "ZayaForCausalLM" and out["cls"] == "ZayaForCausalLMStub"
+    assert out["inspected_generation"] and out["generation"]
+    assert out["sizes"] == [upstream[k] for k in ("num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                                  "head_dim", "vocab_size")]
+    assert len(out["errors"]) == 2 and all("vllm-neuron" in e and "\n" not in e for e in out["errors"])
