@@ -33,7 +33,8 @@ requirements=(vllm==0.16.0 aiohappyeyeballs==2.7.1 aiohttp==3.14.5 aiosignal==1.
               msgspec==0.23.0 multidict==7.2.1 pillow==13.0.0 propcache==0.5.4 psutil==7.2.2 py-cpuinfo==9.0.0
               pybase64==1.5.1 pydantic==2.14.4 pydantic_core==2.50.5 pyzmq==27.3.0 typing_inspection==0.4.5
               yarl==1.25.1)
-stamp="$( { printf '%s\n' "${requirements[@]}"; "$python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-16)"
+stamp="$( { printf '%s\n' "${requirements[@]}"; "$python" -c 'import sys; print(sys.version)'; } | sha256sum \
+         | cut -c1-16)"
 
 if [ -f "$dir/.zaya1-stamp" ] && [ "$(cat "$dir/.zaya1-stamp")" = "$stamp" ]; then
   echo "vLLM 0.16.0 up to date: $dir" >&2

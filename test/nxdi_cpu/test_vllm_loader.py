@@ -419,9 +419,10 @@ def forward(model, seqs, tokens, positions, max_num_seqs):
               "sampling_params": prepare_sampling_params(max_num_seqs, top_k=[1] * max_num_seqs, top_p=[1.0] *
                                                          max_num_seqs, temperature=[1.0] * max_num_seqs)[:len(seqs)]}
     inputs = {k: v.index_select(0, order) if v.shape[0] == len(seqs) else v for k, v in inputs.items()}
-    out = model(inputs.pop("input_ids"), attention_mask=None, seq_ids=ids, block_table=torch.tensor([], dtype=torch.long),
-                slot_mapping=torch.empty(0, model.neuron_config.seq_len, dtype=torch.long) if prefill else
-                torch.tensor([], dtype=torch.long), adapter_ids=None, **inputs).hidden_states
+    empty = torch.tensor([], dtype=torch.long)
+    out = model(inputs.pop("input_ids"), attention_mask=None, seq_ids=ids, block_table=empty, adapter_ids=None,
+                slot_mapping=torch.empty(0, model.neuron_config.seq_len, dtype=torch.long) if prefill else empty,
+                **inputs).hidden_states
     out = out.reshape(len(seqs), -1)[:, -1]
     return out.index_select(0, torch.argsort(order)) if len(seqs) > 1 else out
 """
