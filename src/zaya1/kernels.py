@@ -115,6 +115,12 @@ def fp32_internals(x: torch.Tensor) -> bool:
             and not torch.jit.is_tracing())
 
 
+def upstream_rounding(x: torch.Tensor) -> bool:
+    """True where an op must round as transformers' eager code does, op for op: under ``use_exact_kernels()``
+    on eager CPU/GPU. Never in a Neuron graph (XLA devices, tracing), whatever the flag."""
+    return EXACT and x.device.type in ("cpu", "cuda") and not torch.jit.is_tracing()
+
+
 def _cpu_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (not EXACT and weight.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
             and weight.device.type == "cpu" and not torch.jit.is_tracing())

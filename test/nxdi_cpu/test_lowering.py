@@ -1,9 +1,10 @@
 """NeuronZayaModel's CTE and TKG graphs lowered by torch-xla on CPU (lower_graphs.py, one process per model):
 no host (aten::) fallbacks, one graph for every prompt length / position of a bucket (no data-dependent
-shapes), one graph per token-generation bucket, and, at tp 1, outputs equal eager NxDI CPU mode within 1e-5.
+shapes), one graph per token-generation bucket, in bf16 no bf16 reduction over head_dim (the q/k L2 norm), and, at tp 1, outputs equal eager NxDI CPU mode within 1e-5.
 The op inventory of every graph is saved under out/nxdi-cpu/ (ZAYA1_TEST_ARTIFACTS)."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,20 @@ MODELS = {
                            "--tkg-buckets", "256,512"]),
     "real-width-tp4-b4": (["--model", "real-width", "--tp", "4", "--batch", "4", "--bucket", "128",
                            "--tkg-buckets", "256"]),
+    "real-width-tp4-b1-bf16": (["--model", "real-width", "--tp", "4", "--batch", "1", "--bucket", "128",
+                                "--tkg-buckets", "256", "--dtype", "bfloat16"]),
 }
+HEAD_DIM = 128  # ZAYA1's (ZayaConfig's default)
+
+
+def half_precision_reductions(hlo: str) -> list[int]:
+    """The sizes of the axes that bf16 ``reduce`` instructions of ``hlo`` reduce over (accumulated in bf16)."""
+    sizes = []
+    for shape, dims in re.findall(r"= bf16\[[^\]]*\][^ ]* reduce\(bf16\[([\d,]*)\][^ ]* [^)]*\), dimensions=\{([\d,]*)\}",
+                                  hlo):
+        operand = [int(n) for n in shape.split(",")]
+        sizes += [operand[int(d)] for d in dims.split(",")]
+    return sizes
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -56,3 +70,6 @@ def test_lowering(name, tmp_path):
         assert graphs[g]["hlo"] == graphs[f"{g}_other_positions"]["hlo"], g
     assert len({graphs[g]["hlo"] for g in tkg}) == len(tkg)  # one graph per token-generation bucket
     assert "dot" in graphs["cte"]["ops"] and "dot" in graphs[tkg[0]]["ops"]
+    if name.endswith("bf16"):  # the q/k L2 norm sums its squares in fp32, not in a bf16 reduce over head_dim
+        for g, r in graphs.items():
+            assert HEAD_DIM not in half_precision_reductions(r["hlo"]), (g, half_precision_reductions(r["hlo"]))
