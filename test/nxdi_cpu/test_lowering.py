@@ -1,6 +1,7 @@
 """NeuronZayaModel's CTE and TKG graphs lowered by torch-xla on CPU (lower_graphs.py, one process per model):
 no host (aten::) fallbacks, one graph for every prompt length / position of a bucket (no data-dependent
-shapes), one graph per token-generation bucket, in bf16 no bf16 reduction over head_dim (the q/k L2 norm), and, at tp 1, outputs equal eager NxDI CPU mode within 1e-5.
+shapes), one graph per token-generation bucket, no scatter for the CCA state in token generation, in bf16 no
+bf16 reduction over head_dim (the q/k L2 norm), and, at tp 1, outputs equal eager NxDI CPU mode within 1e-5.
 The op inventory of every graph is saved under out/nxdi-cpu/ (ZAYA1_TEST_ARTIFACTS)."""
 import json
 import os
@@ -70,6 +71,8 @@ def test_lowering(name, tmp_path):
         assert graphs[g]["hlo"] == graphs[f"{g}_other_positions"]["hlo"], g
     assert len({graphs[g]["hlo"] for g in tkg}) == len(tkg)  # one graph per token-generation bucket
     assert "dot" in graphs["cte"]["ops"] and "dot" in graphs[tkg[0]]["ops"]
+    for g in tkg:  # the CCA state is written by selects: the only scatters are NxDI's K and V writes
+        assert graphs[g]["ops"].get("scatter", 0) == 2 * result["layers"], (g, graphs[g]["ops"].get("scatter"))
     if name.endswith("bf16"):  # the q/k L2 norm sums its squares in fp32, not in a bf16 reduce over head_dim
         for g, r in graphs.items():
             assert HEAD_DIM not in half_precision_reductions(r["hlo"]), (g, half_precision_reductions(r["hlo"]))
