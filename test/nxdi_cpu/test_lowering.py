@@ -36,8 +36,8 @@ HEAD_DIM = 128  # ZAYA1's (ZayaConfig's default)
 def half_precision_reductions(hlo: str) -> list[int]:
     """The sizes of the axes that bf16 ``reduce`` instructions of ``hlo`` reduce over (accumulated in bf16)."""
     sizes = []
-    for shape, dims in re.findall(r"= bf16\[[^\]]*\][^ ]* reduce\(bf16\[([\d,]*)\][^ ]* [^)]*\), dimensions=\{([\d,]*)\}",
-                                  hlo):
+    pattern = r"= bf16\[[^\]]*\][^ ]* reduce\(bf16\[([\d,]*)\][^ ]* [^)]*\), dimensions=\{([\d,]*)\}"
+    for shape, dims in re.findall(pattern, hlo):
         operand = [int(n) for n in shape.split(",")]
         sizes += [operand[int(d)] for d in dims.split(",")]
     return sizes
