@@ -115,10 +115,10 @@ def fp32_internals(x: torch.Tensor) -> bool:
             and not torch.jit.is_tracing())
 
 
-def upstream_rounding(x: torch.Tensor) -> bool:
-    """True where an op must round as transformers' eager code does, op for op: under ``use_exact_kernels()``
-    on eager CPU/GPU. Never in a Neuron graph (XLA devices, tracing), whatever the flag."""
-    return EXACT and x.device.type in ("cpu", "cuda") and not torch.jit.is_tracing()
+def neuron_graph(x: torch.Tensor) -> bool:
+    """True while x is part of a graph built for Neuron (an XLA device, or tracing), where the compiler, not
+    PyTorch's kernels, chooses how a half-precision op accumulates."""
+    return x.device.type == "xla" or torch.jit.is_tracing()
 
 
 def _cpu_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -149,18 +149,18 @@ def test_zero_weight_tokens_give_zero():
 
 
 # ---------------------------------------------------------------------------------------------- q/k L2 norm
-def test_l2_normalize_in_fp32_except_under_exact_kernels(monkeypatch):
-    """bf16 q/k are L2-normalised as upstream transformers' ZayaQKNorm does in float32, rounded once to bf16;
-    under use_exact_kernels() as its bf16 ops do, bit for bit (the Neuron graph never takes that branch:
-    test/nxdi_cpu/test_lowering.py checks that its bf16 graph has no bf16 reduce over head_dim)."""
+def test_l2_normalize_in_fp32_in_neuron_graphs_only():
+    """bf16 q/k are L2-normalised eagerly as upstream transformers' ZayaQKNorm does in bf16, bit for bit; in a
+    traced graph (Neuron) as it does in float32, rounded once to bf16 (test/nxdi_cpu/test_lowering.py checks the
+    lowered bf16 graph: no bf16 reduce over head_dim)."""
     from transformers.models.zaya.modeling_zaya import ZayaQKNorm
 
     qk_norm = ZayaQKNorm(upstream().ZayaConfig(head_dim=128, num_key_value_heads=2))
     gen = torch.Generator().manual_seed(5)
     q = (torch.randn(2, 7, 8, 128, generator=gen) * 3).to(torch.bfloat16)
     k = torch.randn(2, 7, 2, 128, generator=gen).to(torch.bfloat16)
-    monkeypatch.setattr(zaya1.kernels, "EXACT", False)
-    assert torch.equal(l2_normalize(q, 128 ** 0.5), qk_norm(q.float(), k.float())[0].to(torch.bfloat16))
-    monkeypatch.setattr(zaya1.kernels, "EXACT", True)
-    assert torch.equal(l2_normalize(q, 128 ** 0.5), qk_norm(q, k)[0])
-    assert not torch.equal(qk_norm(q, k)[0], qk_norm(q.float(), k.float())[0].to(torch.bfloat16))
+    eager, in_fp32 = qk_norm(q, k)[0], qk_norm(q.float(), k.float())[0].to(torch.bfloat16)
+    assert not torch.equal(eager, in_fp32)
+    assert torch.equal(l2_normalize(q, 128 ** 0.5), eager)
+    traced = torch.jit.trace(lambda x: l2_normalize(x, 128 ** 0.5), (q,), check_trace=False)
+    assert torch.equal(traced(q), in_fp32)
