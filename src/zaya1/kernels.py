@@ -127,6 +127,12 @@ def fp32_internals(x: torch.Tensor) -> bool:
             and not torch.jit.is_tracing())
 
 
+def neuron_graph(x: torch.Tensor) -> bool:
+    """True while x is part of a graph built for Neuron (an XLA device, or tracing), where the compiler, not
+    PyTorch's kernels, chooses how a half-precision op accumulates."""
+    return x.device.type == "xla" or torch.jit.is_tracing()
+
+
 def _cpu_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (not EXACT and weight.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
             and weight.device.type == "cpu" and not torch.jit.is_tracing())

@@ -181,6 +181,35 @@ def case_continuous_batching(tp: int, name: str = "gqa") -> dict:
             "tokens_equal": bool((torch.stack(actual).argmax(-1) == torch.stack(expected).argmax(-1)).all())}
 
 
+def case_absent_rows(tp: int, name: str = "gqa") -> dict:
+    """Continuous batching when a live sequence sits out a token-generation step (vLLM schedules a subset):
+    rows 0, 1, 2 decode together, then rows 0 and 2 alone, for which NxDI's model wrapper pads row 1 in as a
+    copy of row 0 (whose position is behind row 1's), then all rows again. Every step's logits (greedy) vs
+    the CPU model's, which never runs row 1 in that step."""
+    path = golden_dir(name, "hf")
+    model = neuron_model(path, tp, batch=3, is_continuous_batching=True, ctx_batch_size=1)
+    cpu = ZayaForCausalLM.from_pretrained(path)
+    ids = golden(name)["a_input_ids"]
+    prompts = {0: ids[1, :4], 1: ids[0, :10], 2: ids[0, 2:9]}
+    schedule = [[0, 1, 2]] * 2 + [[0, 2]] + [[0, 1, 2]] * 3
+    logits = {}
+    for backend in (cpu, model):
+        state = backend.new_state(3, 64)
+        token = {s: backend.prefill(p[None], torch.tensor([len(p)]), torch.tensor([s]), state)[0].argmax(-1)
+                 for s, p in prompts.items()}
+        position = {s: len(p) for s, p in prompts.items()}
+        logits[backend] = []
+        for rows in schedule:
+            step = backend.decode(torch.stack([token[s] for s in rows])[:, None],
+                                  torch.tensor([position[s] for s in rows]), torch.tensor(rows), state, kv_len=64)
+            for s, row_logits in zip(rows, step):
+                token[s], position[s] = row_logits.argmax(-1), position[s] + 1
+            logits[backend].append(step)
+    return {"vs_cpu": max(diff(a, b) for a, b in zip(logits[model], logits[cpu])),
+            "row_1_after_its_absence_vs_cpu": max(diff(logits[model][k][1], logits[cpu][k][1])
+                                                  for k in range(3, len(schedule)))}
+
+
 def vocab_checkpoint(root: Path, vocab: int, name: str = "gqa") -> Path:
     """The golden HF-layout model (384 tokens) with its vocabulary grown to ``vocab`` rows (random rows at the
     embedding's scale; the lm_head is tied to it)."""
@@ -328,6 +357,7 @@ CASES = {
     "ragged": lambda tp, root: case_ragged(tp),
     "buckets": lambda tp, root: case_buckets(tp),
     "continuous_batching": lambda tp, root: case_continuous_batching(tp),
+    "absent_rows": lambda tp, root: case_absent_rows(tp),
     "odd_vocab": lambda tp, root: case_odd_vocab(tp, root),
     "generate": lambda tp, root: case_generate(tp),
     "on_device_greedy": lambda tp, root: case_on_device_greedy(tp),

@@ -90,13 +90,15 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--bucket", type=int, default=32, help="context-encoding bucket")
     p.add_argument("--tkg-buckets", default="32,64", help="token-generation buckets (KV lengths) to lower")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--execute", action="store_true")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     tkg_buckets = [int(b) for b in args.tkg_buckets.split(",")]
     cb = not args.execute
     nc = ZayaNeuronConfig(tp_degree=args.tp, batch_size=args.batch, seq_len=max(tkg_buckets),
-                          max_context_length=args.bucket, torch_dtype=torch.float32, is_continuous_batching=cb,
+                          max_context_length=args.bucket, torch_dtype=getattr(torch, args.dtype),
+                          is_continuous_batching=cb,
                           ctx_batch_size=1 if cb else args.batch)
     if args.model == "real-width":
         zaya = ZayaConfig(**REAL_WIDTH)
@@ -114,7 +116,7 @@ def main() -> None:
     with mock_distributed(world_size=args.tp), torch.no_grad():
         torch.distributed.init_process_group(backend="xla", rank=0, world_size=args.tp)
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=args.tp, skip_collective_init=True)
-        model = NeuronZayaModel(config).eval()
+        model = NeuronZayaModel(config).eval().to(nc.torch_dtype)  # NxDI casts every float param (cast_type)
         for param in model.parameters():  # random weights (the math is what is lowered), none left empty
             if param.is_floating_point():
                 param.normal_(0, 0.02)
@@ -124,7 +126,7 @@ def main() -> None:
             eager = NeuronZayaModel(config).eval()
             eager.load_state_dict(model.state_dict())
         model = model.to(xm.xla_device())
-        out = {"tp": args.tp, "model": args.model, "graphs": {}}
+        out = {"tp": args.tp, "model": args.model, "layers": config.num_hidden_layers, "graphs": {}}
         for name, (graph_inputs, n_positions) in graphs.items():
             # torch-xla chains collectives through one token: start each graph without the last one's
             torch_xla._XLAC._set_all_reduce_token(xm._get_device_context().device, None)

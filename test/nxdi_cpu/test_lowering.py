@@ -1,10 +1,12 @@
 """NeuronZayaModel's CTE and TKG graphs lowered by torch-xla on CPU (lower_graphs.py, one process per model):
 no host (aten::) fallbacks, one graph for every prompt length / position of a bucket (no data-dependent
-shapes), one graph per token-generation bucket, and, at tp 1, outputs equal eager NxDI CPU mode within 1e-5; at
+shapes), one graph per token-generation bucket, no scatter for the CCA state in token generation, in bf16 no
+bf16 reduction over head_dim (the q/k L2 norm), and, at tp 1, outputs equal eager NxDI CPU mode within 1e-5; at
 real width, the MoE's blocks follow the bucket (128 rows at 128 tokens, 256 at the 512-token bucket).
 The op inventory of every graph is saved under out/nxdi-cpu/ (ZAYA1_TEST_ARTIFACTS)."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +31,22 @@ MODELS = {
     # the 512-token context bucket of the trn2 suite (CTX512_SETTINGS): the MoE's block-256 path at real width
     "real-width-tp4-ctx512": (["--model", "real-width", "--tp", "4", "--batch", "1", "--bucket", "512",
                                "--tkg-buckets", "1024"]),
+    "real-width-tp4-b1-bf16": (["--model", "real-width", "--tp", "4", "--batch", "1", "--bucket", "128",
+                                "--tkg-buckets", "256", "--dtype", "bfloat16"]),
 }
 # blockwise MoE rows of a context bucket: [blocks, block, hidden], 16 experts + (tokens - 16) // block blocks
 MOE_BLOCKS = {"real-width-tp4-b1": "f32[16,128,2048]", "real-width-tp4-ctx512": "f32[17,256,2048]"}
+HEAD_DIM = 128  # ZAYA1's (ZayaConfig's default)
+
+
+def half_precision_reductions(hlo: str) -> list[int]:
+    """The sizes of the axes that bf16 ``reduce`` instructions of ``hlo`` reduce over (accumulated in bf16)."""
+    sizes = []
+    pattern = r"= bf16\[[^\]]*\][^ ]* reduce\(bf16\[([\d,]*)\][^ ]* [^)]*\), dimensions=\{([\d,]*)\}"
+    for shape, dims in re.findall(pattern, hlo):
+        operand = [int(n) for n in shape.split(",")]
+        sizes += [operand[int(d)] for d in dims.split(",")]
+    return sizes
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -64,3 +79,8 @@ def test_lowering(name, tmp_path):
     assert "dot" in graphs["cte"]["ops"] and "dot" in graphs[tkg[0]]["ops"]
     if name in MOE_BLOCKS:  # the block size the bucket selects (moe.block_size_for)
         assert MOE_BLOCKS[name] in graphs["cte"]["hlo"], name
+    for g in tkg:  # the CCA state is written by selects: the only scatters are NxDI's K and V writes
+        assert graphs[g]["ops"].get("scatter", 0) == 2 * result["layers"], (g, graphs[g]["ops"].get("scatter"))
+    if name.endswith("bf16"):  # the q/k L2 norm sums its squares in fp32, not in a bf16 reduce over head_dim
+        for g, r in graphs.items():
+            assert HEAD_DIM not in half_precision_reductions(r["hlo"]), (g, half_precision_reductions(r["hlo"]))

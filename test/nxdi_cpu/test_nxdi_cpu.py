@@ -36,6 +36,8 @@ def check(name: str, r: dict) -> None:
         assert max(r["vs_cpu_by_prompt_len"].values()) <= TOL, r
     elif name == "continuous_batching":
         assert r["vs_cpu"] <= TOL and r["tokens_equal"], r
+    elif name == "absent_rows":
+        assert r["vs_cpu"] <= TOL and r["row_1_after_its_absence_vs_cpu"] <= TOL, r
     elif name == "odd_vocab":
         assert r["vocab_size"] % 2 == 1 and r["vs_cpu"] <= TOL and r["last_column_vs_cpu"] <= TOL, r
     elif name == "generate":

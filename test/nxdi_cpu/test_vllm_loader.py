@@ -20,6 +20,7 @@ import runpy
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -355,3 +356,149 @@ result = {{"warnings": [str(w.message) for w in caught if MANIFEST_NAME in str(w
     assert out["config_read"], out
     assert len(out["warnings"]) == 1 and "were skipped" in out["warnings"][0], out
     assert out["error"] is not None and {"FileNotFoundError", "ValueError"} & set(out["error"][0]), out["error"]
+
+
+
+# ---------------------------------------------------------------------------------------------- vllm-neuron 0.5
+# vllm-neuron 0.5.0, the DLAMI's (vllm_neuron/worker/neuronx_distributed_model_loader.py and
+# neuronx_distributed_model_runner.py @ 3afb0a9, "Release 0.5.0"): the calls its get_neuron_model /
+# _load_weights_common make on the model class and NxDI, and the tensors its runner passes to NxDI's forward
+VLLM_NEURON_05 = """
+import hashlib, math, tempfile
+from neuronx_distributed_inference.models.config import OnDeviceSamplingConfig
+from neuronx_distributed_inference.modules.generation.sampling import prepare_sampling_params
+from neuronx_distributed_inference.utils.hf_adapter import load_pretrained_config
+from transformers import AutoConfig
+
+def neuron_model_cls(architecture):  # _get_neuron_model_cls: a "Neuron" prefix is dropped, then 0.2's lookup
+    if architecture.startswith("Neuron") and "For" in architecture:
+        architecture = architecture[len("Neuron"):]
+    model, task = architecture.split("For", 1)
+    return MODEL_TYPES[model.lower()][camel_to_kebab(task)]
+
+def load(path, max_model_len, max_num_seqs, block_size=16, override=None):
+    hf = AutoConfig.from_pretrained(path)  # vLLM's ModelConfig.hf_config; then _get_model_configs
+    architecture, kv_heads = hf.architectures[0], int(hf.num_key_value_heads)
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    cls = neuron_model_cls(architecture)
+    neuron_config = dict(  # _get_default_neuron_config (no chunked prefill, prefix caching, LoRA or speculation)
+        tp_degree=1, ctx_batch_size=1, batch_size=max_num_seqs, max_context_length=max_model_len,
+        seq_len=max_model_len, enable_bucketing=True, is_continuous_batching=max_num_seqs > 1, quantized=False,
+        torch_dtype="float32", padding_side="right",
+        on_device_sampling_config=OnDeviceSamplingConfig(dynamic=True, deterministic=False), lora_config=None,
+        pa_num_blocks=math.ceil(max_model_len // block_size) * max_num_seqs, pa_block_size=block_size,
+        is_block_kv_layout=False, is_prefix_caching=False)
+    neuron_config.update(override or {})  # _get_neuron_config_after_override
+    neuron_config.pop("draft_overrides", None)  # _load_weights_common from here on
+    config = cls.get_config_cls()(cls.get_neuron_config_cls()(**neuron_config),
+                                  load_config=load_pretrained_config(path))
+    digest = hashlib.md5(config.to_json_string().encode("utf-8")).hexdigest()  # names the artifacts folder
+    compiled = tempfile.mkdtemp()  # NEURON_COMPILED_ARTIFACTS, empty: _load_compiled_model fails, so it compiles
+    try:
+        cls(compiled).load(compiled)
+        load_error = None
+    except (FileNotFoundError, ValueError) as exc:
+        load_error = type(exc).__name__
+    model = cls(path, config)  # _compile_and_load_model; compile() + load() are NxDI's CPU mode here
+    model.to_cpu()
+    return model, (architecture, kv_heads, head_dim), digest, load_error
+
+def forward(model, seqs, tokens, positions, max_num_seqs):
+    \"\"\"One runner step for sequence slots ``seqs`` (tokens / positions: lists per sequence): the runner's
+    tensors (no prefix caching: empty block table and slot mapping), NeuronCausalLM.forward's sort by slot
+    (tensors of the step's batch size only) and its restore; greedy requests (temperature 0: top_k 1), their
+    sampling params cut to the step's batch (get_nxd_sampling_params).\"\"\"
+    prefill = len(tokens[0]) > 1
+    width = max(len(t) for t in tokens)
+    pad = lambda rows: torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+    ids, order = torch.sort(torch.tensor(seqs, dtype=torch.long))
+    inputs = {"input_ids": pad(tokens), "position_ids": pad(positions),
+              "full_context_lens": torch.tensor([[p[-1] + 1] for p in positions]),
+              "computed_context_lens": (torch.empty(0, 1, dtype=torch.long) if prefill else
+                                        torch.tensor([[p[-1]] for p in positions])),
+              "sampling_params": prepare_sampling_params(max_num_seqs, top_k=[1] * max_num_seqs, top_p=[1.0] *
+                                                         max_num_seqs, temperature=[1.0] * max_num_seqs)[:len(seqs)]}
+    inputs = {k: v.index_select(0, order) if v.shape[0] == len(seqs) else v for k, v in inputs.items()}
+    empty = torch.tensor([], dtype=torch.long)
+    out = model(inputs.pop("input_ids"), attention_mask=None, seq_ids=ids, block_table=empty, adapter_ids=None,
+                slot_mapping=torch.empty(0, model.neuron_config.seq_len, dtype=torch.long) if prefill else empty,
+                **inputs).hidden_states
+    out = out.reshape(len(seqs), -1)[:, -1]
+    return out.index_select(0, torch.argsort(order)) if len(seqs) > 1 else out
+"""
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_vllm_neuron_05_loader_and_cpu_run(layout):
+    """vllm-neuron 0.5's loader on zaya1 (defaults for max_num_seqs 2, max_model_len 64; ``on_cpu`` added for NxDI's
+    CPU-mode sampler, as in the 0.2 replay), then its runner's
+    steps through NxDI's forward: two prompts prefilled one per step into slots 1 and 0, decode steps of both,
+    one step of slot 0 alone (vLLM need not schedule every running request), then both again. The on-device
+    greedy tokens equal zaya1's CPU greedy continuation of each prompt."""
+    out = run(BUILD + VLLM_NEURON_05 + f"""
+path = {str(LAYOUTS[layout])!r}
+model, sizes, digest, load_error = load(path, max_model_len=64, max_num_seqs=2, override={{"on_cpu": True}})
+cpu = ZayaForCausalLM.from_pretrained(path)
+got = {{s: [int(forward(model, [s], [p.tolist()], [list(range(len(p)))], 2)[0])] for s, p in prompts.items()}}
+for seqs in ([0, 1], [0, 1], [0], [0, 1], [0, 1]):
+    step = forward(model, seqs, [[got[s][-1]] for s in seqs],
+                   [[len(prompts[s]) + len(got[s]) - 1] for s in seqs], 2)
+    for s, token in zip(seqs, step.tolist()):
+        got[s].append(token)
+expected = {{s: cpu.generate(p[None], max_new_tokens=len(got[s]), eos_token_id=[])[0, len(p):].tolist()
+            for s, p in prompts.items()}}
+result = {{"got": got, "expected": expected, "sizes": list(sizes), "digest": digest, "load_error": load_error,
+          "max_prompt": model.neuron_config.max_context_length}}
+""")
+    upstream = json.loads((LAYOUTS["hf"] / "config.json").read_text())
+    assert out["sizes"] == ["ZayaForCausalLM", upstream["num_key_value_heads"], upstream["head_dim"]]
+    assert len(out["digest"]) == 32 and out["load_error"] in ("FileNotFoundError", "ValueError"), out
+    assert out["max_prompt"] == 64
+    assert out["got"] == out["expected"] and len(out["got"]["0"]) == 6 and len(out["got"]["1"]) == 5, out
+
+
+# ---------------------------------------------------------------------------------------------- vLLM 0.16 itself
+VLLM_SITE = Path(os.environ.get("ZAYA1_VLLM_SITE", Path.home() / ".cache" / "zaya1" / "vllm-0.16.0"))
+needs_vllm = pytest.mark.skipif(not (VLLM_SITE / ".zaya1-stamp").is_file(), reason=(
+    f"vLLM 0.16.0 is not built in {VLLM_SITE}: run scripts/vllm_env.sh \"$(scripts/nxdi_cpu_env.sh | tail -n 1)\" "
+    f"(CI does)"))
+
+
+@needs_vllm
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_vllm_016_accepts_zaya1_as_a_generation_model(layout):
+    """vLLM 0.16's own code (the version vllm-neuron 0.5 runs on) after the plugin, as ``vllm serve <checkpoint>``
+    starts: ``vllm.config.ModelConfig`` reads config.json through the plugin's AutoConfig registration, resolves
+    "ZayaForCausalLM" through vLLM's ModelRegistry (the plugin's lazy "module:Class" entry, which vLLM inspects
+    in a subprocess: interfaces_base.is_text_generation_model and the rest of its _ModelInfo) and picks the
+    "generate" runner (without embed_input_ids it refuses: "This model does not support `--runner generate`").
+    The sizes vLLM reads are the HF-layout config.json's; the stub vLLM would build raises the stub's error."""
+    out = run(call_plugin_as_vllm_does(PLUGIN.split("=", 1)[1]) + f"""
+import torch
+import vllm
+from vllm import ModelRegistry
+from vllm.config import ModelConfig
+from vllm.model_executor.models.interfaces_base import is_text_generation_model
+from zaya1.errors import NeuronUnavailableError
+config = ModelConfig(model={str(LAYOUTS[layout])!r}, skip_tokenizer_init=True, max_model_len=64)
+info, arch = ModelRegistry.inspect_model_cls(config.architectures, config)
+cls, _ = ModelRegistry.resolve_model_cls(config.architectures, config)
+errors = []
+for call in (lambda: cls(vllm_config=None), lambda: cls.embed_input_ids(None, torch.zeros(1, dtype=torch.long))):
+    try:
+        call()
+    except NeuronUnavailableError as exc:
+        errors.append(str(exc))
+result = {{"vllm": vllm.__version__, "runner": config.runner_type, "arch": arch, "cls": cls.__name__,
+          "inspected_generation": info.is_text_generation_model, "generation": is_text_generation_model(cls),
+          "sizes": [config.hf_text_config.num_hidden_layers, config.hf_config.num_attention_heads,
+                    config.get_total_num_kv_heads(), config.get_head_size(), config.get_vocab_size()],
+          "errors": errors}}
+""", extra_path=str(VLLM_SITE))
+    upstream = json.loads((LAYOUTS["hf"] / "config.json").read_text())
+    assert out["vllm"] == "0.16.0" and out["runner"] == "generate", out
+    assert out["arch"] == "ZayaForCausalLM" and out["cls"] == "ZayaForCausalLMStub"
+    assert out["inspected_generation"] and out["generation"]
+    assert out["sizes"] == [upstream[k] for k in ("num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                                  "head_dim", "vocab_size")]
+    assert len(out["errors"]) == 2 and all("vllm-neuron" in e and "\n" not in e for e in out["errors"])

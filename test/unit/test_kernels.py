@@ -1,5 +1,6 @@
 """Kernels written without data-dependent or convolution primitives, against plain references:
-ManualConv1d vs torch.nn.Conv1d, every expert-dispatch path vs a per-token Python loop."""
+ManualConv1d vs torch.nn.Conv1d, every expert-dispatch path vs a per-token Python loop, and the q/k L2 norm
+vs upstream transformers'."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import torch
 import torch.nn.functional as F
 
 import zaya1
-from zaya1.cca import ManualConv1d
+from zaya1.cca import ManualConv1d, l2_normalize
 from zaya1.moe import ZayaExperts
+
+from zaya_testlib import upstream
 
 pytestmark = pytest.mark.usefixtures("inference")
 
@@ -143,3 +146,21 @@ def test_zero_weight_tokens_give_zero():
         out = experts(x, expert, weight, dispatch)
         assert torch.equal(out[::2], torch.zeros_like(out[::2])), dispatch
         assert out[1::2].abs().min() > 0, dispatch
+
+
+# ---------------------------------------------------------------------------------------------- q/k L2 norm
+def test_l2_normalize_in_fp32_in_neuron_graphs_only():
+    """bf16 q/k are L2-normalised eagerly as upstream transformers' ZayaQKNorm does in bf16, bit for bit; in a
+    traced graph (Neuron) as it does in float32, rounded once to bf16 (test/nxdi_cpu/test_lowering.py checks the
+    lowered bf16 graph: no bf16 reduce over head_dim)."""
+    from transformers.models.zaya.modeling_zaya import ZayaQKNorm
+
+    qk_norm = ZayaQKNorm(upstream().ZayaConfig(head_dim=128, num_key_value_heads=2))
+    gen = torch.Generator().manual_seed(5)
+    q = (torch.randn(2, 7, 8, 128, generator=gen) * 3).to(torch.bfloat16)
+    k = torch.randn(2, 7, 2, 128, generator=gen).to(torch.bfloat16)
+    eager, in_fp32 = qk_norm(q, k)[0], qk_norm(q.float(), k.float())[0].to(torch.bfloat16)
+    assert not torch.equal(eager, in_fp32)
+    assert torch.equal(l2_normalize(q, 128 ** 0.5), eager)
+    traced = torch.jit.trace(lambda x: l2_normalize(x, 128 ** 0.5), (q,), check_trace=False)
+    assert torch.equal(traced(q), in_fp32)

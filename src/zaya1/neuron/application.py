@@ -173,16 +173,26 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
         params = self._sampling or SamplingParams()
         if not params.do_sample:
             return prepare_sampling_params(batch, top_k=[1], top_p=[1.0], temperature=[1.0])
-        top_k = params.top_k or self.config.vocab_size
-        return prepare_sampling_params(batch, top_k=[top_k], top_p=[params.top_p], temperature=[params.temperature])
+        return prepare_sampling_params(batch, top_k=[self._top_k(params)], top_p=[params.top_p],
+                                       temperature=[params.temperature])
+
+    def _top_k(self, params: SamplingParams) -> int:
+        vocab = self.config.vocab_size
+        return min(params.top_k or vocab, vocab)  # 0: no top-k filter, the whole vocabulary
 
     def configure_sampling(self, params: SamplingParams) -> None:
-        """What on-device sampling applies in the following steps (zaya1.generation calls it)."""
+        """What on-device sampling applies in the following steps (zaya1.generation calls it). NxDI's sampler
+        draws from the ``global_topk`` (default 256) most likely tokens at most, so a larger top_k (or none,
+        on a larger vocabulary) is refused rather than silently cut."""
         ods = self.neuron_config.on_device_sampling_config
         if params.do_sample and not ods.do_sample:
             raise InputError("do_sample=True, but this model was compiled with greedy on-device sampling; "
-                             "recompile with sampling on device (OnDeviceSamplingConfig(do_sample=True)) or "
-                             "without on-device sampling.")
+                             "recompile with zaya1 compile --on-device-sampling sample, or without on-device "
+                             "sampling.")
+        if params.do_sample and self._top_k(params) > ods.global_topk:
+            raise InputError(f"top_k={params.top_k or 'unset (whole vocabulary)'}: on-device sampling draws from the "
+                             f"{ods.global_topk} most likely tokens at most (NxDI's global_topk); pass top_k <= "
+                             f"{ods.global_topk}, or compile without --on-device-sampling to sample on the host.")
         self._sampling = params
 
     # ------------------------------------------------------------------ generation

@@ -441,7 +441,7 @@ def check_manifest(manifest: ArtifactManifest, expected: ArtifactManifest | Mapp
         else:
             diffs.append(f"compiled for {name}={_show(name, have)}, requested {_show(name, want)}")
             if name == "on_device_sampling":
-                flags.append(_FLAGS[name] if want else f"--no-{_FLAGS[name][2:]}")
+                flags.append(f"{_FLAGS[name]} greedy|sample" if want else f"(no {_FLAGS[name]})")
             else:
                 flags.append(f"{_FLAGS[name]} {_show(name, want)}")
             settings.append(f"{name}={_show(name, have)}")

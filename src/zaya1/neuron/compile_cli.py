@@ -59,7 +59,12 @@ def parse_args(argv=None):
                                      "--max-context-length)")
     p.add_argument("--token-generation-buckets", help="KV-length buckets for token generation")
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--on-device-sampling", action="store_true", help="sample on device (no logits on host)")
+    p.add_argument("--on-device-sampling", choices=("greedy", "sample"),
+                   help="pick tokens on device (no logits on host): greedy (argmax) or sample (per-request "
+                        "temperature / top-p / top-k, top_k <= NxDI's global_topk of 256)")
+    p.add_argument("--skip-layout-optimization", action="append", default=[], metavar="REGEX",
+                   help="weights the compiler's weight-layout optimisation leaves as they are (regex on the "
+                        r"traced names, repeatable), e.g. 'model\.layers\.\d+\.mlp\.experts\..*'")
     p.add_argument("--continuous-batching", action="store_true", help="for vLLM: prefill one sequence at a time")
     p.add_argument("--no-save-sharded", action="store_true", help="shard weights at load time instead")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan; no Neuron SDK needed")
@@ -91,11 +96,11 @@ def plan(args) -> tuple[ZayaConfig, ArtifactManifest | None]:
     manifest = ArtifactManifest.for_checkpoint(
         args.model_path, tp_degree=args.tp_degree, batch_size=args.batch_size, seq_len=args.seq_len,
         max_context_length=args.max_context_length, buckets=_ints(args.buckets), dtype=args.dtype,
-        on_device_sampling=args.on_device_sampling,
+        on_device_sampling=args.on_device_sampling is not None,
         token_generation_buckets=_ints(args.token_generation_buckets, "--token-generation-buckets"))
     print(f"  context-encoding buckets {manifest.buckets}, token-generation buckets "
           f"{manifest.token_generation_buckets}, batch {args.batch_size}, dtype {manifest.dtype}, "
-          f"on-device sampling {'on' if args.on_device_sampling else 'off'}")
+          f"on-device sampling {args.on_device_sampling or 'off'}")
     risky = [b for b in manifest.buckets if b > KNOWN_GOOD_CONTEXT_BUCKET]
     if risky:
         print(f"zaya1 compile: warning: context-encoding bucket(s) {risky} exceed {KNOWN_GOOD_CONTEXT_BUCKET}, the "
@@ -111,10 +116,13 @@ def neuron_config(args):
     return ZayaNeuronConfig(
         tp_degree=args.tp_degree, batch_size=args.batch_size, max_context_length=args.max_context_length,
         seq_len=args.seq_len, torch_dtype=resolve_dtype(args.dtype), padding_side="right",
-        enable_bucketing=bool(ctx_buckets or tkg_buckets), context_encoding_buckets=ctx_buckets or None,
+        enable_bucketing=bool(ctx_buckets or tkg_buckets),
+        context_encoding_buckets=ctx_buckets or ([args.max_context_length] if tkg_buckets else None),
         token_generation_buckets=tkg_buckets or None, is_continuous_batching=args.continuous_batching,
         ctx_batch_size=1 if args.continuous_batching else args.batch_size,
-        on_device_sampling_config=OnDeviceSamplingConfig() if args.on_device_sampling else None,
+        on_device_sampling_config=None if args.on_device_sampling is None else OnDeviceSamplingConfig(
+            do_sample=args.on_device_sampling == "sample", dynamic=True),
+        weights_to_skip_layout_optimization=args.skip_layout_optimization,
         save_sharded_checkpoint=not args.no_save_sharded)
 
 

@@ -29,6 +29,12 @@ class ZayaHFConfig(PretrainedConfig):
         super().__init__(**kwargs)
         for name in CANONICAL_FIELDS:
             setattr(self, name, getattr(zaya, name))
+        rope = getattr(self, "rope_parameters", None)
+        if isinstance(rope, dict) and rope and "rope_type" not in rope:
+            # the HF layout's per-layer-type dicts ("hybrid", "hybrid_sliding", each rope_type "default", which
+            # ZayaConfig checked): vLLM 0.16 reads a dict whose keys are not transformers 4.57's layer types as
+            # one flat dict and requires its rope_type (transformers_utils/config.py patch_rope_parameters)
+            self.rope_parameters = {**rope, "rope_type": "default"}
 
 
 def register_auto_config() -> bool:

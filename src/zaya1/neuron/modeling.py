@@ -20,6 +20,11 @@ src/neuronx_distributed):
 
 from __future__ import annotations
 
+import os
+import re
+import warnings
+
+import neuronx_distributed_inference
 import torch
 from torch import nn
 
@@ -31,11 +36,27 @@ from neuronx_distributed_inference.models.config import InferenceConfig, MoENeur
 from neuronx_distributed_inference.models.model_base import NeuronBaseModel
 from neuronx_distributed_inference.modules.generation.sampling import create_sampler
 from neuronx_distributed_inference.modules.kvcache.kv_cache_manager import KVCacheManager
+from neuronx_distributed_inference.modules.kvcache.utils import update_cache_const_indices
 
 from ..config import HF_NAMED_FIELDS, ZayaConfig
 from ..errors import ConfigError
 from ..model import ZayaModel
-from ..sharding import check_tp, partition_dim
+from ..sharding import AttentionShard, check_tp, partition_dim
+
+# NxDI releases (major, minor) this backend is tested with: 0.9 is Neuron SDK 2.29's, and the vendored source
+# the NxDI CPU stage runs (4bcdc54). zaya1 subclasses NxDI internals (KVCacheManager, the model wrapper's
+# padding), so another release may differ; none is known to break.
+NXDI_TESTED = ((0, 9),)
+
+
+def check_nxdi_version(version: str | None = None) -> None:
+    """Warn when NxDI (``neuronx_distributed_inference.__version__``, or ``version``) is not a tested release."""
+    version = neuronx_distributed_inference.__version__ if version is None else version
+    if tuple(int(part) for part in re.findall(r"\d+", version)[:2]) not in NXDI_TESTED:
+        tested = ", ".join(f"{major}.{minor}.x" for major, minor in NXDI_TESTED)
+        warnings.warn(f"neuronx-distributed-inference {version} is not a release zaya1 is tested with ({tested}); "
+                      f"run the integration suite (test/integration) before relying on it.", stacklevel=2)
+
 
 # NeuronConfig field -> (value that is unsupported, why / what to pass)
 _UNSUPPORTED = {
@@ -54,15 +75,37 @@ _UNSUPPORTED = {
     "kv_quant_config": "a quantized KV cache is not implemented for ZAYA1",
     "lora_config": "ZAYA1's projections are not LoRA layers",
     "tensor_capture_config": "tensor capture is not supported for ZAYA1",
+    "async_mode": "zaya1's step API and vllm-neuron read each step's output on the host before the next step",
 }
+
+
+# the longest context-encoding bucket compiled when none are given (docs/trainium.md: neuronx-cc NCC_ITEN404 is
+# reported for context buckets >= 1024)
+MAX_DEFAULT_CONTEXT_BUCKET = 512
 
 
 class ZayaNeuronConfig(MoENeuronConfig):
     """NxDI neuron config of ZAYA1 (a MoENeuronConfig); refuses the NxDI modes ZAYA1 does not implement,
-    naming the field."""
+    naming the field. With bucketing on and no ``context_encoding_buckets`` (vllm-neuron's default, which sets
+    max_context_length = max_model_len), the longest prompt is capped at ``MAX_DEFAULT_CONTEXT_BUCKET``, so
+    NxDI's automatic buckets stop there; given buckets are compiled as given."""
 
     def __init__(self, **kwargs):
+        longest = kwargs.get("max_context_length") or kwargs.get("seq_len", 128)
+        if kwargs.get("enable_bucketing") and not kwargs.get("context_encoding_buckets") and (
+                longest > MAX_DEFAULT_CONTEXT_BUCKET):
+            warnings.warn(f"max_context_length={longest} with automatic context buckets would compile buckets up to "
+                          f"{longest}; ZAYA1 caps the longest prompt at {MAX_DEFAULT_CONTEXT_BUCKET} (docs/vllm.md). "
+                          f"To compile longer ones, give context_encoding_buckets (vLLM: override_neuron_config).",
+                          stacklevel=2)
+            kwargs["max_context_length"] = MAX_DEFAULT_CONTEXT_BUCKET
+        # absent continuous-batching rows get seq_id -1, so their KV and CCA state are not written (update_state)
+        kwargs.setdefault("apply_seq_ids_mask", bool(kwargs.get("is_continuous_batching")))
         super().__init__(**kwargs)
+        if self.is_continuous_batching and not self.apply_seq_ids_mask:
+            raise ConfigError("apply_seq_ids_mask=False with continuous batching: a sequence absent from a "
+                              "token-generation step would have its CCA state overwritten by NxDI's padding rows. "
+                              "Leave apply_seq_ids_mask unset.")
         for field, why in _UNSUPPORTED.items():
             if getattr(self, field, None):
                 raise ConfigError(f"{field}={getattr(self, field)!r} is not supported for ZAYA1 ({why}). "
@@ -76,6 +119,10 @@ class ZayaNeuronConfig(MoENeuronConfig):
         if self.padding_side != "right":
             raise ConfigError(f"padding_side={self.padding_side!r}: ZAYA1 context encoding takes right-padded "
                               f"buckets. Use padding_side='right'.")
+        if not self.is_continuous_batching and self.ctx_batch_size != self.batch_size:
+            raise ConfigError(f"ctx_batch_size={self.ctx_batch_size} without continuous batching: NxDI's context "
+                              f"encoding then fills cache rows from 0 for every chunk. Leave ctx_batch_size unset, "
+                              f"or enable is_continuous_batching.")
         if not self.tkg_batch_size == self.kv_cache_batch_size == self.batch_size:
             raise ConfigError(f"tkg_batch_size={self.tkg_batch_size} and kv_cache_batch_size="
                               f"{self.kv_cache_batch_size} must equal batch_size={self.batch_size} for ZAYA1 "
@@ -109,6 +156,11 @@ class ZayaInferenceConfig(InferenceConfig):
             raise ConfigError(f"{where}: {zaya.expert_quantization} experts (config.json's quantization_config) are "
                               f"not supported on Neuron yet: the NxDI graphs hold experts in the model dtype. "
                               f"Compile the bf16 checkpoint (e.g. Zyphra/ZAYA1-8B).")
+        check_nxdi_version()
+        if int(os.environ.get("NEURON_COMBINE_KV_ALLOCATIONS", "0")) and zaya.num_hidden_layers % 2:
+            raise ConfigError(f"NEURON_COMBINE_KV_ALLOCATIONS is set: NxD allocates past_key_values in pairs, which "
+                              f"with {zaya.num_hidden_layers} layers pairs the last conv state with the first value "
+                              f"state (different shapes). Unset NEURON_COMBINE_KV_ALLOCATIONS.")
         # the fields NxDI reads by their Hugging Face names (models/model_base.py, modules/kvcache); not
         # sliding_window: ZAYA1's own modules apply the window, NxDI's attention paths are not used
         for name in HF_NAMED_FIELDS:
@@ -176,13 +228,19 @@ class ZayaCacheManager(KVCacheManager):
     ``past_key_values = [K0, V0, ..., K_{L-1}, V_{L-1}, conv_0 .. conv_{L-1}, value_0 .. value_{L-1}]``,
     conv [rows, C, K-1], value [rows, Cv]. The state rows follow the K/V rows: context encoding writes the
     rows of ``seq_ids`` under continuous batching (one sequence, as NxDI's KV update asserts) and rows
-    0..B-1 otherwise (NxDI's ``fill_prefix``); token generation reads and writes every row (input row i is
-    cache row i after NxDI's model wrapper sorts by seq_ids)."""
+    0..B-1 otherwise (NxDI's ``fill_prefix``); token generation reads every row and writes those of the
+    sequences in the step (input row i is cache row i after NxDI's model wrapper sorts by seq_ids; the rows
+    it pads in have seq_id -1 under ``apply_seq_ids_mask``, which ``ZayaNeuronConfig`` sets with continuous
+    batching, and keep their state, as NxDI then keeps their K/V)."""
 
-    def __init__(self, config: ZayaInferenceConfig, conv_shape: tuple, value_shape: tuple, **kwargs):
+    def __init__(self, config: ZayaInferenceConfig, **kwargs):
         super().__init__(config, **kwargs)
         layers, rows, dtype = config.num_hidden_layers, self.kv_cache_batch_size, config.neuron_config.torch_dtype
         self.num_layers = layers
+        zaya = config.zaya_config
+        shard = AttentionShard.for_tp(zaya, config.neuron_config.tp_degree)
+        conv_shape = ((shard.q_heads + shard.kv_heads) * zaya.head_dim, zaya.conv_state_len)
+        value_shape = (shard.kv_heads * zaya.head_dim,)
 
         def state(shape):
             return nn.Parameter(torch.zeros(rows, *shape, dtype=dtype), requires_grad=False)
@@ -201,15 +259,29 @@ class ZayaCacheManager(KVCacheManager):
         return [(conv[:batch], value[:batch]) for conv, value in zip(convs, values)]
 
     def update_state(self, is_for_context_encoding: bool, seq_ids: torch.Tensor, new_states: list) -> list:
-        """Full updated state buffers (conv_0.., value_0..) with the step's state written into its rows."""
-        batch = new_states[0][0].shape[0]
-        if is_for_context_encoding and self.is_continuous_batching:
-            rows = self.get_cache_update_index_for_seq_ids(seq_ids).to(torch.long)
-        else:
-            rows = torch.arange(batch, device=seq_ids.device)
+        """Full updated state buffers (conv_0.., value_0..) with the step's state written into its rows.
+
+        Context encoding under continuous batching writes its one sequence's row the way NxDI writes that
+        row's K/V (kvcache/utils.py ``update_cache_const_indices``: only the row index comes from seq_ids, every
+        other index is a constant, so neuronx-cc computes one offset instead of a dynamic DMA, NCC-6227).
+        Otherwise the step's rows are rows 0..B-1 of the buffers (``ZayaNeuronConfig`` holds the batch sizes
+        equal), so no index is needed: ``torch.where`` keeps the rows whose seq_id is negative, the absent
+        sequences NxDI's model wrapper pads a batch with under ``apply_seq_ids_mask``, and, reading each
+        buffer, keeps the aliased input in the graph."""
         buffers = self.past_key_values[2 * self.num_layers:]
         news = [conv for conv, _ in new_states] + [value for _, value in new_states]
-        return [buf.index_copy(0, rows, new.to(buf.dtype)) for buf, new in zip(buffers, news)]
+        if is_for_context_encoding and self.is_continuous_batching:
+            rows = self.get_cache_update_index_for_seq_ids(seq_ids)
+            return [write_row(buf, new, rows) for buf, new in zip(buffers, news)]
+        return [torch.where((seq_ids >= 0).view(-1, *[1] * (buf.dim() - 1)), new.to(buf.dtype), buf)
+                for buf, new in zip(buffers, news)]
+
+
+def write_row(buf: torch.Tensor, new: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``buf`` [R, ...] with ``new`` [1, ...] in row ``rows`` [1], through NxDI's K/V row write on a
+    K/V-shaped view [R, 1, n, last] of the state."""
+    as_kv = buf.view(buf.shape[0], 1, -1, buf.shape[-1])
+    return update_cache_const_indices(as_kv, new.to(buf.dtype).view(1, 1, -1, buf.shape[-1]), rows).view(buf.shape)
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -238,10 +310,7 @@ class NeuronZayaModel(NeuronBaseModel):
         if self.on_device_sampling:
             self.sampler = create_sampler(config.neuron_config, self.lm_head.tensor_parallel_group.size())
         zaya, shard = config.zaya_config, self.model.shard
-        self.kv_mgr = ZayaCacheManager(
-            config, conv_shape=((shard.q_heads + shard.kv_heads) * zaya.head_dim, zaya.conv_state_len),
-            value_shape=(shard.kv_heads * zaya.head_dim,), num_kv_head=self.num_key_value_heads,
-            global_rank=self.rank_util)
+        self.kv_mgr = ZayaCacheManager(config, num_kv_head=self.num_key_value_heads, global_rank=self.rank_util)
         if self.kv_mgr.k_shape[1] != shard.kv_heads:
             raise ConfigError(f"NxDI's KV cache holds {self.kv_mgr.k_shape[1]} KV heads per rank but the ZAYA1 plan "
                               f"{shard.kv_heads} at tp_degree={config.neuron_config.tp_degree}; use a tp_degree that "

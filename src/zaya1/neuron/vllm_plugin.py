@@ -38,6 +38,11 @@ class ZayaForCausalLMStub(nn.Module):
         super().__init__()
         raise NeuronUnavailableError(STUB_ERROR)
 
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:  # vLLM >= 0.12's VllmModel interface
+        raise NeuronUnavailableError(STUB_ERROR)
+
+    get_input_embeddings = embed_input_ids  # its name before vLLM 0.12
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, intermediate_tensors=None,
                 inputs_embeds=None) -> torch.Tensor:
         raise NeuronUnavailableError(STUB_ERROR)
