@@ -25,7 +25,7 @@ from unittest import mock
 
 import pytest
 
-PLUGIN = "zaya1=zaya1.neuron.vllm_plugin:register"
+PLUGIN = "zaya1=zaya1.vllm_plugin:register"  # one entry point; without vllm-neuron >= 0.21: the NxDI registration
 
 pytest.importorskip("neuronx_distributed_inference", reason="needs NxD + NxDI installed (the nxdi-cpu venv, see "
                                                             "test/nxdi_cpu)")
