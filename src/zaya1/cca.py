@@ -216,7 +216,7 @@ class CCAttention(nn.Module):
         if past is not None:
             past_k, past_v, past_pos, past_valid = past
             cached = (past_k, past_v, self.allowed(positions, past_pos, past_valid))
-        if cached is not None and past_k.device.type != "xla":  # eager CPU/GPU: upstream's rounding
+        if cached is not None and not neuron_graph(past_k):  # eager CPU/GPU: upstream's rounding
             out = attention(q, *concat_cache(k, v, allowed, cached))
         else:  # a graph for Neuron (XLA): the cache is read in place
             out = attention(q, k, v, allowed, cached)

@@ -88,6 +88,9 @@ NATIVE_BF16 = CPU["native_bf16"]
 EXACT = os.environ.get("ZAYA1_EXACT_KERNELS", "").strip().lower() not in ("", "0", "false", "no")
 
 
+NEURON_GRAPH = False  # neuron_graph_numerics()
+
+
 def use_exact_kernels(enabled: bool = True) -> None:
     """F.linear for every product in this process (bit-identical to transformers), or the CPU's fast path
     again with ``enabled=False``."""
@@ -128,9 +131,22 @@ def fp32_internals(x: torch.Tensor) -> bool:
 
 
 def neuron_graph(x: torch.Tensor) -> bool:
-    """True while x is part of a graph built for Neuron (an XLA device, or tracing), where the compiler, not
-    PyTorch's kernels, chooses how a half-precision op accumulates."""
-    return x.device.type == "xla" or torch.jit.is_tracing()
+    """True while x is part of a graph built for Neuron (an XLA or Neuron device, jit tracing, or inside
+    ``neuron_graph_numerics()``), where the compiler, not PyTorch's kernels, chooses how a half-precision op
+    accumulates, and the KV cache is read in place."""
+    return NEURON_GRAPH or x.device.type in ("xla", "neuron") or torch.jit.is_tracing()
+
+
+@contextlib.contextmanager
+def neuron_graph_numerics():
+    """Compute as a Neuron graph does, on any device (fp32 q/k norm, the cache read in place): the CPU
+    reference of a device's numerics, and graphs exported for Neuron from CPU tensors."""
+    global NEURON_GRAPH
+    previous, NEURON_GRAPH = NEURON_GRAPH, True
+    try:
+        yield
+    finally:
+        NEURON_GRAPH = previous
 
 
 def _cpu_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:

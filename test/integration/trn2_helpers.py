@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from zaya1 import ZayaConfig, __version__
-from zaya1.kernels import exact_kernels
+from zaya1.kernels import exact_kernels, neuron_graph_numerics
 from zaya1.neuron import missing_sdk_packages
 from zaya1.neuron.artifacts import fingerprint_checkpoint, neuron_sdk_versions
 from zaya1.errors import ConfigError
@@ -237,10 +237,11 @@ def teacher_forced(model, prompts: list[torch.Tensor], continuation: torch.Tenso
 
 def bf16_reference(model, prompts: list[torch.Tensor], continuation: torch.Tensor) -> torch.Tensor:
     """teacher_forced of zaya1's CPU bfloat16 ``model`` with the numerics of the graph NxDI traces: the exact
-    kernels (F.linear, router MLP and attention scores in bf16, as in transformers' eager bf16). The default CPU
-    bf16 path computes the router and the attention scores in fp32 (kernels.fp32_internals), which tracing
-    switches off, so a bound taken from it would hold the device to numerics its graph does not have."""
-    with exact_kernels():
+    kernels (F.linear, router MLP and attention scores in bf16, as in transformers' eager bf16) and the Neuron
+    graph's own (q/k norm in fp32, the cache read in place). The default CPU bf16 path computes the router and
+    the attention scores in fp32 (kernels.fp32_internals), which tracing switches off, so a bound taken from it
+    would hold the device to numerics its graph does not have."""
+    with exact_kernels(), neuron_graph_numerics():
         return teacher_forced(model, prompts, continuation)
 
 

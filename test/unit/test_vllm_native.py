@@ -100,6 +100,36 @@ def test_prefix_cache_resumes_exactly(tiny, report, tp):
     check_against(m.hf, prompts, cached, report, f"prefix cache tp{tp}")
 
 
+def test_state_pages_never_write_the_zero_page():
+    """A live row whose state block id is invalid (-1, the null block 0, or past the pool) writes the sink: the
+    zero page every fresh sequence reads stays zero."""
+    from zaya1.vllm_neuron import paged
+
+    # 10 pages: 8 is the zero page, 9 the sink; row 1's first block id (12) is past the pool
+    read, write = paged.state_pages(torch.tensor([[3, -1, 0], [12, 4, 5]]), 4, torch.tensor([0, 2]),
+                                    torch.tensor([9, 7]), 3, torch.tensor([True, True]), 10)
+    assert read.tolist() == [8, 8]
+    assert write.tolist() == [[3, 9, 9], [9, 4, 5]]
+
+
+def test_prefix_cache_with_state_cuts_inside_a_prefill_segment(tiny, report):
+    """Prefill segments of 12 tokens over blocks of 8: a segment keeps the state at a block end in its middle,
+    which a later prompt resumes from; a block completed while decoding is reused too (its hash covers the
+    generated tokens, fed back by teacher forcing)."""
+    m = tiny("gqa4x2")
+    base = prompts_for(m.config.vocab_size, (40,), seed=3)[0]
+    first = emulate(m.path, [base[:11]], 6, block_size=8, prefill_bucket=12, max_model_len=64)[0]
+    grown = base[:11] + first.tokens[:5]  # 16 tokens: block 1 was completed by decode steps
+    prompts = [base[:11], base[:10] + [3], grown + [4]]
+    results = emulate(m.path, prompts, [6, 3, 3], block_size=8, prefill_bucket=12, max_num_seqs=1, max_model_len=64,
+                      prefix_cache=True, teacher_forcing=[first.tokens, [], []])
+    assert [r.cached_tokens for r in results] == [0, 8, 16]
+    for prompt, result, forced in zip(prompts, results, [first.tokens, None, None]):
+        fed = forced[:len(result.tokens) - 1] if forced else result.tokens[:-1]
+        ref = m.hf(torch.tensor([prompt + fed])).logits[0, len(prompt) - 1:]
+        assert report("native prefix cache, state cut inside a segment", max_diff(result.logits, ref)) <= TOL
+
+
 def test_prefix_cache_with_a_state_page_every_two_blocks(tiny, report):
     """state_block = 2 blocks: half the state pages; a prefix is reused up to its last even block boundary."""
     m = tiny("gqa4x2")
@@ -112,14 +142,15 @@ def test_prefix_cache_with_a_state_page_every_two_blocks(tiny, report):
 
 
 def test_kv_spec_and_state_size(tiny):
-    """Per rank: one paged attention layer and one CCA state of conv [C, K-1] + value [Cv] per layer; the
-    sliding window declared; the smallest block whose page holds the state."""
+    """Per rank: one paged attention layer and one CCA state of conv [C, K-1] + value [Cv] per layer; sliding
+    layers declared as full attention (the model applies the window); the smallest block whose page holds
+    the state."""
     m = tiny("sliding")
     cfg = m.ours.config
     with torch.device("meta"):
         model = ZayaNativeForCausalLM.from_configs(m.config, None)
     spec = model.get_kv_spec()
-    assert [s.sliding_window_size for s in spec.layers] == [4, None, 4]
+    assert [s.sliding_window_size for s in spec.layers] == [None, None, None]
     channels = (cfg.num_attention_heads + cfg.num_key_value_heads) * cfg.head_dim
     assert spec.recurrent_layers[0].shapes == ((channels, 2), (cfg.num_key_value_heads * cfg.head_dim,))
     assert state_bytes(spec.recurrent_layers[0]) == (channels * 2 + cfg.num_key_value_heads * cfg.head_dim) * 4
@@ -127,7 +158,7 @@ def test_kv_spec_and_state_size(tiny):
     assert kv_page_bytes(spec.layers[0], block) >= state_bytes(spec.recurrent_layers[0])
     assert kv_page_bytes(spec.layers[0], block - 1) < state_bytes(spec.recurrent_layers[0])
     with pytest.raises(ConfigError, match="too small"):
-        emulate(m.path, [[5, 6]], 1, block_size=block - 1)
+        emulate(m.path, [[5, 6]], 1, block_size=block - 1, max_model_len=8 * (block - 1))
 
 
 def test_bind_kv_cache_refuses_a_non_page_major_layout(tiny):
@@ -168,9 +199,15 @@ def test_sampler_matches_transformers_warpers():
         expected = torch.softmax(ref, dim=-1)[0]
         got = torch.zeros(1000).index_add_(0, ids[row], torch.softmax(scores[row], dim=-1))
         assert max_diff(got, expected) <= 1e-6
-    tokens = sample(logits, params, uniform=torch.tensor([0.5, 0.0, 0.999, 0.3]))
+    uniform = torch.tensor([0.5, 0.0, 0.999, 0.3])
+    tokens = sample(logits, params, uniform=uniform)
     assert tokens[0] == logits[0].argmax() and tokens.dtype == torch.int32
-    assert tokens[1] == ids[1, 0]
+    for row in range(1, 4):  # inverse CDF over the reference distribution, candidates in descending order
+        probs = torch.zeros(1000).index_add_(0, ids[row], torch.softmax(scores[row], dim=-1))[ids[row]]
+        drawn = int(torch.searchsorted(probs.cumsum(0), uniform[row], right=True).clamp_max(
+            int(torch.isfinite(scores[row]).sum()) - 1))
+        assert tokens[row] == ids[row, drawn]
+    assert tokens[1] == ids[1, 0]  # u = 0: the most likely candidate
 
 
 @pytest.mark.parametrize("version,generation", [("0.21.0.1.0.0", "native"), ("0.24.1", "native"),
@@ -222,3 +259,15 @@ def test_vllm_hybrid_hooks_give_the_per_rank_state(tiny):
         assert ZayaNativeForCausalLM.get_mamba_state_shape_from_config(vllm_config) == \
             model.get_kv_spec().recurrent_layers[0].shapes
         assert ZayaNativeForCausalLM.get_mamba_state_dtype_from_config(vllm_config) == (torch.bfloat16,) * 2
+
+
+def test_emulate_refuses_sizes_the_plugin_would_not_have(tiny):
+    m = tiny("gqa4x2")
+    with pytest.raises(ConfigError, match="multiples of block_size"):
+        emulate(m.path, [[5, 6]], 1, block_size=8, max_model_len=60)
+    with pytest.raises(ConfigError, match="multiples of block_size"):
+        emulate(m.path, [[5, 6]], 1, block_size=8, max_model_len=64, context_buckets=[20, 64])
+    with pytest.raises(InputError, match="prompt"):
+        emulate(m.path, [[5, m.config.vocab_size]], 1, max_model_len=64)
+    with pytest.raises(InputError, match="one entry per prompt"):
+        emulate(m.path, [[5], [6]], 1, max_model_len=64, teacher_forcing=[[1]])

@@ -13,9 +13,15 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from ..generation import check_token_ids
 from .model import ZayaNativeForCausalLM
 from .runner import Emulator, Request, Result, load_ranks
 from .spec import KVSpec, LayerSpec, RecurrentLayerSpec, min_block_size
+
+
+def powers_of_two_up_to(limit: int) -> list[int]:
+    """The runner's default decode batch buckets: 1, 2, 4, ... and ``limit`` itself."""
+    return sorted({2 ** i for i in range(limit.bit_length()) if 2 ** i <= limit} | {limit})
 
 
 def emulate(model_dir: str | Path, prompts: list[list[int]], max_new_tokens: int | list[int], tp_degree: int = 1,
@@ -52,14 +58,18 @@ def emulate(model_dir: str | Path, prompts: list[list[int]], max_new_tokens: int
                          "prompt).")
     if max(a + b for a, b in zip(lengths, new)) > max_model_len:
         raise InputError(f"emulate: a prompt plus its new tokens exceeds max_model_len={max_model_len}; raise it.")
+    for name, per_prompt in (("sampling", sampling), ("teacher_forcing", teacher_forcing)):
+        if per_prompt is not None and len(per_prompt) != len(prompts):
+            raise InputError(f"emulate: {name} needs one entry per prompt ({len(prompts)}), got {len(per_prompt)}.")
     models = load_ranks(model_dir, tp_degree, None if dtype == "auto" else dtype, **(config_overrides or {}))
+    for prompt in prompts:
+        check_token_ids(torch.tensor([prompt]), models[0].config.vocab_size, name="prompt")
     forwards = [torch.compile(m, fullgraph=True, dynamic=False, backend=compile_backend) for m in models] \
         if compile else None
     blocks_per_seq = -(-max_model_len // block_size)
     emulator = Emulator(models, block_size, num_blocks or 2 * (len(prompts) + 1) * blocks_per_seq + 1,
                         prefill_bucket, max_model_len,
-                        decode_buckets or [2 ** i for i in range(max_num_seqs.bit_length()) if 2 ** i <= max_num_seqs]
-                        + ([max_num_seqs] if max_num_seqs & (max_num_seqs - 1) else []),
+                        decode_buckets or powers_of_two_up_to(max_num_seqs),
                         context_buckets, prefix_cache, segmented=max(lengths) > prefill_bucket, pad_slot=pad_slot,
                         compiled=forwards, state_block=state_block)
     greedy = (-1.0, 1.0, 0.0)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_into, resolve_dtype
-from ..config import SLIDING, ZayaConfig
+from ..config import ZayaConfig
 from ..errors import ConfigError, InputError
 from ..model import ZayaForCausalLM
 from ..sharding import AttentionShard, LocalComm, rank_state_dict
@@ -127,12 +127,14 @@ class ZayaNativeForCausalLM(nn.Module):
             self.to(device)
 
     def get_kv_spec(self) -> KVSpec:
-        """Per rank: paged K/V of every attention layer (sliding windows declared) and the CCA state of every
-        layer, conv [C, K-1] and value [Cv], as a recurrent layer. The plugin's own classes when installed."""
+        """Per rank: paged K/V of every attention layer and the CCA state of every layer, conv [C, K-1] and
+        value [Cv], as a recurrent layer. The plugin's own classes when installed."""
         cfg, shard = self.config, self.lm.model.shard
+        # Sliding-window layers are declared as full attention: the model applies the window itself (zaya1.cca),
+        # and a declared window lets the runner trim their block tables by an offset (swa_kv_pos_offset) whose
+        # semantics could not be verified here. Costs their pages outside the window.
         spec = KVSpec(
-            [LayerSpec(attention_name(i), shard.kv_heads, cfg.head_dim, self.dtype,
-                       cfg.sliding_window if kind == SLIDING else None) for i, kind in enumerate(cfg.layer_types)],
+            [LayerSpec(attention_name(i), shard.kv_heads, cfg.head_dim, self.dtype) for i in range(cfg.num_hidden_layers)],
             [RecurrentLayerSpec(state_name(i), state_shapes(cfg, self.comm.world_size), (self.dtype, self.dtype))
              for i in range(cfg.num_hidden_layers)])
         try:
@@ -164,11 +166,12 @@ class ZayaNativeForCausalLM(nn.Module):
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def forward(self, input_ids, positions, rotary_position_ids=None, attn_metadata=None, sampling_positions=None,
-                sampling_params=None, spec_decode_metadata=None, logit_mask=None, rank=None):
+                sampling_params=None, spec_decode_metadata=None, logit_mask=None, rank=None, **unused):
         """input_ids [T] int32, positions [T] int64 (flattened: one prefill request, or one token per decode
         row), attn_metadata {layer name: metadata}, sampling_positions [R] (token index per request).
         Returns logits [R, V] fp32, or (tokens [R] int32, logits) with ``sampling_params`` [R, 3].
-        ``rank`` is not needed: the vocab shard's offset is a loaded per-rank tensor."""
+        ``rank`` is not needed: the vocab shard's offset is a loaded per-rank tensor; other keywords of the
+        runner (multimodal inputs) do not apply to ZAYA1."""
         if spec_decode_metadata is not None:
             raise InputError("speculative decoding is not supported by zaya1's native ZAYA1 model; serve "
                              "without --speculative-config.")
@@ -188,7 +191,6 @@ class ZayaNativeForCausalLM(nn.Module):
             ids, pos, mask = input_ids[None], positions[None], live[None]
         start, real = pos[:, 0], mask.sum(-1)  # tokens computed before the step, new real tokens [B]
         row_live = real > 0
-        with_past = decode or first.get("kv_segment_size", 0) > 0  # a single-shot prefill has no cache
         state_block = attn_metadata[state_name(0)]["block_size"]  # one state group: one block size
         count = ids.shape[1] // state_block + 2  # state blocks a step of this width can touch
         cuts = paged.block_cuts(start, real, state_block, count)  # [B, count]
@@ -199,11 +201,10 @@ class ZayaNativeForCausalLM(nn.Module):
                                             state_rows[i].shape[0])
             states.append(self.state_layout.read(state_rows[i], read))
             writes.append(write)
-            if with_past:
-                past.append(paged.read_kv(kv_pages[i], attn_metadata[attention_name(i)]["block_table_tensor"],
-                                          start))
+            # prefill reads the cache too: a segment or a prefix-cache hit starts after cached tokens
+            past.append(paged.read_kv(kv_pages[i], attn_metadata[attention_name(i)]["block_table_tensor"], start))
         dispatch = "gather" if decode else self.lm._dispatch()
-        hidden, steps = self.lm.model(ids, pos, mask, cuts, states, past if with_past else None, dispatch)
+        hidden, steps = self.lm.model(ids, pos, mask, cuts, states, past, dispatch)
         for i, (layer, write) in enumerate(zip(steps, writes)):
             tokens = ids.numel()
             key = layer.key.permute(0, 2, 1, 3).reshape(tokens, -1, cfg.head_dim)  # [T, nkv, d] token order

@@ -103,15 +103,15 @@ def state_pages(state_table: torch.Tensor, state_block: int, start: torch.Tensor
     Returns read pages [R] (the zero page for a fresh sequence) and write pages [R, count] (the sink for a
     block the step does not reach)."""
     zero, sink = num_pages - 2, num_pages - 1
-    table = checked_blocks(state_table, zero)
+    table = checked_blocks(state_table, zero)  # an invalid id reads the zero page and writes the sink
     width = table.shape[1]
     index = ((start - 1).clamp_min(0) // state_block).clamp_max(width - 1)
     fresh = torch.full_like(start, zero)
     read = torch.where(live & (start > 0), table.gather(1, index[:, None])[:, 0], fresh)
     blocks = (start // state_block)[:, None] + torch.arange(count, device=start.device)  # [R, count]
-    touched = live[:, None] & (blocks * state_block < (start + real)[:, None]) & (blocks < width)
-    write = torch.where(touched, table.gather(1, blocks.clamp_max(width - 1)), torch.full_like(blocks, sink))
-    return read, write
+    pages = table.gather(1, blocks.clamp_max(width - 1))
+    touched = live[:, None] & (blocks * state_block < (start + real)[:, None]) & (blocks < width) & (pages != zero)
+    return read, torch.where(touched, pages, torch.full_like(blocks, sink))
 
 
 def block_cuts(start: torch.Tensor, real: torch.Tensor, state_block: int, count: int) -> torch.Tensor:

@@ -141,6 +141,10 @@ class Emulator:
         self.state_block = (state_block or block_size) if prefix_cache else max_model_len
         if prefix_cache and self.state_block % block_size:
             raise ConfigError(f"state_block={self.state_block} must be a multiple of block_size={block_size}.")
+        for size in (max_model_len, *self.context_buckets):
+            if size % block_size:
+                raise ConfigError(f"max_model_len and context buckets must be multiples of block_size={block_size} "
+                                  f"(got {size}), as the plugin's are.")
         self.pool = BlockPool(num_blocks)
         self.compiled = compiled is not None
         self.forwards = compiled or models

@@ -36,6 +36,7 @@ def sample(logits: torch.Tensor, params: torch.Tensor, uniform: torch.Tensor | N
     if uniform is None:
         uniform = torch.rand(logits.shape[0], device=logits.device)
     below = (probs.cumsum(dim=-1) <= uniform[:, None]).sum(-1, keepdim=True)  # inverse CDF
-    drawn = ids.gather(1, below.clamp_max(ids.shape[1] - 1))[:, 0]
+    kept = torch.isfinite(scores).sum(-1, keepdim=True)  # u above an fp32 total below 1: the last kept token
+    drawn = ids.gather(1, torch.minimum(below, kept - 1))[:, 0]
     greedy = params[:, 2] < GREEDY_BELOW
     return torch.where(greedy, logits.argmax(dim=-1), drawn).to(torch.int32)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..kernels import exact_kernels
+from ..kernels import exact_kernels, neuron_graph_numerics
 from .model import ZayaNativeForCausalLM, attention_name, state_name
 
 _ELEMENT_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8, "i64": 8, "i32": 4, "i16": 2, "i8": 1, "i1": 1,
@@ -85,12 +85,13 @@ class BucketStep(nn.Module):
 
 
 def export_stablehlo(model: ZayaNativeForCausalLM, bucket: Bucket) -> str:
-    """The bucket's functionalised step graph in StableHLO (text), via torch-mlir. Products are F.linear, as
-    on the device (the CPU's own bf16 kernels are not part of a Neuron graph)."""
+    """The bucket's functionalised step graph in StableHLO (text), via torch-mlir, with a Neuron graph's
+    numerics: F.linear products (the CPU's own bf16 kernels are not part of it), the q/k norm in fp32, the
+    cache read in place."""
     from torch_mlir import fx  # optional: the test extra
 
     step = BucketStep(model, bucket)
-    with exact_kernels():
+    with exact_kernels(), neuron_graph_numerics():
         return str(fx.export_and_import(step, *step.example_inputs(), output_type="stablehlo",
                                         func_name=bucket.name))
 
