@@ -18,11 +18,12 @@ temporary file renamed over the cache (atomic), merged with what other processes
 Measurement (``Tuner.choose``): each candidate's output is first checked against the baseline's
 (``accurate``; a candidate that fails is never timed; this first call is also its warm-up). Then rounds, each running every remaining candidate
 once in rotated order and keeping its best time (other processes only ever slow a call down, and a short
-call often runs between two of their time slices); after a round, candidates more than ``DROP`` times
-slower than the best stop being timed; the rounds stop after ``MAX_ROUNDS``, or after ``MIN_ROUNDS`` once
+call often runs between two of their time slices); after the second and later rounds, candidates more
+than ``DROP`` times slower than the best stop being timed; the rounds stop after ``MAX_ROUNDS``, or after ``MIN_ROUNDS`` once
 ``BUDGET_S`` has passed. The fastest is chosen if it beats the baseline by ``MARGIN``, else the baseline: a
 measured choice is never slower than the baseline by more than the timing noise. An entry keeps the best
-times (ms per call) and the 1-minute load average it was measured under.
+times (ms per call) and the 1-minute load average per CPU it was measured under; a process that starts
+when the load is less than half of that (and the entry's above ``STALE_LOAD``) measures it again.
 """
 
 from __future__ import annotations
@@ -41,9 +42,18 @@ from typing import Callable
 import torch
 
 MIN_ROUNDS, MAX_ROUNDS, BUDGET_S, DROP, MARGIN = 5, 40, 0.5, 2.0, 0.1
+STALE_LOAD = 0.5  # entries measured above this load per CPU are measured again once the load has halved
 CACHE_ENV = "ZAYA1_KERNEL_CACHE"
 FORMAT = 1
 log = logging.getLogger("zaya1")
+
+
+def load_average() -> float | None:
+    """The 1-minute load average per CPU (1: every CPU busy), None where the OS has none."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (OSError, AttributeError):
+        return None
 
 
 def cpu_info(text: str | None = None) -> dict:
@@ -114,11 +124,18 @@ class Tuner:
         entries = data.get("machines", {}).get(self.identity, {})
         return {k: v for k, v in entries.items() if isinstance(v, dict) and isinstance(v.get("choice"), str)}
 
+    def _current(self, entries: dict) -> dict:
+        """The entries not measured under a much higher load than now (those are measured again: on a busy
+        machine a short product often waits for a time slice, which can reverse a ranking)."""
+        now = load_average()
+        return {k: v for k, v in entries.items()
+                if now is None or not isinstance(v.get("load"), (int, float)) or v["load"] <= max(STALE_LOAD, 2 * now)}
+
     def get(self, key: str) -> str | None:
         """The cached choice for ``key``, or None when it has not been measured."""
         with self.lock:
             if self.entries is None:
-                self.entries = self._mine(self._read())
+                self.entries = self._current(self._mine(self._read()))
             entry = self.entries.get(key)
             return entry["choice"] if entry else None
 
@@ -133,8 +150,9 @@ class Tuner:
             times = self.measure(candidates, baseline, accurate)
             best = min(times, key=times.get)
             choice = best if times[best] < (1 - MARGIN) * times[baseline] else baseline
+            load = load_average()
             self.entries[key] = {"choice": choice, "ms": {k: round(v * 1e3, 4) for k, v in times.items()},
-                                 "load": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+                                 "load": None if load is None else round(load, 2)}
             self._write()
             return choice
 
@@ -150,8 +168,9 @@ class Tuner:
                 begin = self.timer()
                 candidates[name]()
                 best[name] = min(best[name], self.timer() - begin)
-            fastest = min(best[n] for n in alive)
-            alive = [n for n in alive if n == baseline or best[n] <= DROP * fastest]
+            if round_:  # two samples each first: one-time costs (a compiled product's guards) land in one
+                fastest = min(best[n] for n in alive)
+                alive = [n for n in alive if n == baseline or best[n] <= DROP * fastest]
             if round_ + 1 >= MIN_ROUNDS and self.timer() - start > BUDGET_S:
                 break
         return best

@@ -15,8 +15,8 @@ weight shape and number of rows M (bucketed to a power of two, ``row_bucket``) o
   where oneDNN emulates bf16: AVX2-only, AVX-512 without bf16);
 * ``fused``: one multiply-and-sum per row over the weight (``fused_rows_matmul``), compiled by inductor into
   a single pass over the weight for all rows, M <= ``FUSED_MAX_ROWS``, weights of ``FUSED_MIN_BYTES`` or
-  more (2x F.linear over the lm_head at one row on Zen 4). Its first use compiles it once per row bucket
-  (seconds; inductor keeps the kernel in its on-disk cache).
+  more (2x F.linear over the lm_head at one row on Zen 4). Its first use compiles it once per weight shape
+  and row bucket (seconds; inductor keeps the kernel in its on-disk cache, a later process loads it).
 
 Each choice is measured once, at its first use, on the weight itself (small weights with copies of it, so
 that the timed product streams from memory as in a step over many layers, not from cache) and cached on
@@ -43,13 +43,14 @@ import threading
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from .autotune import Tuner, cpu_info
 
 MV_MAX_ROWS = 4
 SWAPPED_MAX_ROWS = 32
 FUSED_MAX_ROWS = 16
-FUSED_MIN_BYTES = 8 << 20  # smaller weights: the compiled call's fixed cost outweighs what it could save
+FUSED_MIN_BYTES = 1 << 20  # smaller weights: the compiled call's fixed cost outweighs what it could save
 MAX_BUCKET = 1024  # more rows are measured as this many
 BLOCK_ELEMENTS = 1 << 20  # 4 MB of fp32 weight per sgemm block
 COLD_BYTES = 64 << 20  # a timed product reads at least this much weight (more than a CPU's last-level cache)
@@ -155,8 +156,10 @@ def choose(weight: torch.Tensor, rows: int) -> str:
     with torch.no_grad():
         x = torch.randn(bucket, k, generator=torch.Generator().manual_seed(0)).to(weight.dtype)
         copies = max(1, min(64, -(-COLD_BYTES // (weight.numel() * weight.element_size()))))
-        # every timed call reads the next copy: a copy is read again only after COLD_BYTES of others
-        weights = itertools.cycle([weight] + [weight.clone() for _ in range(copies - 1)])
+        # every timed call reads the next copy: a copy is read again only after COLD_BYTES of others; the
+        # copies are tensors of the weight's kind (inference or not), which compiled products guard on
+        with torch.inference_mode(weight.is_inference()):
+            weights = itertools.cycle([weight] + [weight.clone() for _ in range(copies - 1)])
         names = [name for name, (low, high) in ROWS.items() if low <= bucket <= high
                  and (name != "fused" or weight.numel() * weight.element_size() >= FUSED_MIN_BYTES)]
         return TUNER.choose(key, {name: functools.partial(_call, PRODUCTS[name], x, weights) for name in names},
@@ -209,15 +212,24 @@ def _(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty(x.shape, dtype=torch.float32)
 
 
-_fused_compiled = torch.compile(fused_rows_matmul, dynamic=True)
+_fused_graphs: dict = {}  # (N, K, bucket) -> fused_rows_matmul compiled by inductor for that shape
+_compiling = threading.Lock()
 
 
 def fused(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``fused_rows_matmul`` compiled (once per row bucket: rows are zero-padded to it; weight shapes are
-    dynamic) and called from eager code."""
+    """``fused_rows_matmul`` compiled by inductor once per weight shape and row bucket (rows are zero-padded to
+    it), called without torch.compile's guards (a graph of fixed shapes: nothing to check but the shapes)."""
     m = rows.shape[0]
     bucket = row_bucket(m)
-    return _fused_compiled(F.pad(rows, (0, 0, 0, bucket - m)) if bucket > m else rows, weight)[:m]
+    rows = F.pad(rows, (0, 0, 0, bucket - m)) if bucket > m else rows.contiguous()
+    key = (*weight.shape, bucket)
+    graph = _fused_graphs.get(key)
+    if graph is None:
+        with _compiling:
+            graph = _fused_graphs.get(key) or torch._inductor.compile(
+                make_fx(fused_rows_matmul, tracing_mode="fake")(rows, weight), [rows, weight])
+            _fused_graphs[key] = graph
+    return graph(rows, weight)[:m]
 
 
 def fp32_matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

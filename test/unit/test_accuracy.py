@@ -67,12 +67,16 @@ def zaya1_figures(model, seq, ref_prompt, ref_top1) -> tuple[float, int]:
     return max_dlogit, (torch.cat(top1) == ref_top1).sum().item()
 
 
-@pytest.mark.parametrize("path_kind", ["default", "mv", "swapped", "fp32", "fused"])
+@pytest.mark.parametrize("path_kind", ["default", "compiled", "mv", "swapped", "fp32", "fused"])
 def test_bf16_at_least_as_close_to_float32_as_transformers(reference, zaya1_bf16, report, monkeypatch, path_kind):
     _, seq, ref_prompt, ref_top1, (hf_dlogit, hf_agree) = reference
-    # "default": the products measured on this CPU; the others: that product forced wherever it may run
-    force_product(monkeypatch, None if path_kind == "default" else path_kind)
-    dlogit, agree = zaya1_figures(zaya1_bf16, seq, ref_prompt, ref_top1)
+    # "default" / "compiled": the products measured on this CPU, decode eager (one layer: the default) or
+    # compiled; the others: that product forced wherever it may run
+    force_product(monkeypatch, None if path_kind in ("default", "compiled") else path_kind)
+    try:
+        dlogit, agree = zaya1_figures(zaya1_bf16.compile_decode(path_kind == "compiled"), seq, ref_prompt, ref_top1)
+    finally:
+        zaya1_bf16.compile_decode(None)
     report(f"real-width bf16 ({path_kind}) max |dlogit| vs fp32, zaya1", dlogit)
     report("real-width bf16 max |dlogit| vs fp32, transformers", hf_dlogit)
     report(f"real-width bf16 ({path_kind}) top-1 agreement /{STEPS}, zaya1", agree)

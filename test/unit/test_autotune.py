@@ -139,3 +139,13 @@ def test_kernels_choose_runs_the_measured_fastest_product(tmp_path, monkeypatch)
     costs.update(swapped=5e-3)
     kernels.linear(torch.randn(9, 64).bfloat16(), weight)  # a new row bucket is measured on its own
     assert kernels.TUNER.get(kernels._key(512, 64, 16)) == "fp32"
+
+
+def test_a_choice_measured_under_much_higher_load_is_measured_again(tmp_path, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(autotune, "load_average", lambda: 3.0)  # per CPU: a busy machine
+    tuner(tmp_path, clock).choose("k", {"linear": clock.costing(2e-3, exact_tensor),
+                                        "mv": clock.costing(1e-3, exact_tensor)}, "linear", always)
+    assert tuner(tmp_path).get("k") == "mv"  # the load has not halved: kept
+    monkeypatch.setattr(autotune, "load_average", lambda: 0.2)
+    assert tuner(tmp_path).get("k") is None  # quieter now: measured again
