@@ -107,20 +107,21 @@ def test_bench_end_to_end_on_a_tiny_checkpoint(tmp_path, capsys):
     assert main(["--model", str(TINY_HF), "--backends", "cpu,neuron", "--batches", "1,2", "--new-tokens", "3",
                  "--repeats", "1", "--compile", "off", "--bandwidth-mb", "16", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "neuron: skipped" in text and "zaya1/hf" in text
+    assert "neuron: skipped" in text and "zaya1 vs hf" in text
     assert f"CPU features {'/'.join(kernels.CPU['isa']) or '-'}, torch capability {kernels.CPU['torch']}" in text
     assert "zaya1 kernels: measured per product shape" in text
     records = json.loads(out.read_text())
-    fractions = [r[side] for r in records if "roofline" in r["metric"] for side in ("zaya1", "hf")]
-    assert fractions and all(0 < f <= 1 for f in fractions)
-    hf_fraction = {(r["metric"], r["batch"]): r["hf"] for r in records if r["metric"] in ("ttft_roofline",
-                                                                                          "decode_roofline")}
-    ceilings = {(r["metric"].replace("_speedup_ceiling", "_roofline"), r["batch"]): r["speedup"]
-                for r in records if r["metric"].endswith("_speedup_ceiling")}
-    assert set(ceilings) == {k for k, f in hf_fraction.items() if f < 1}
-    assert all(ceilings[k] == pytest.approx(1 / hf_fraction[k]) and ceilings[k] > 1 for k in ceilings)
-    assert all(r["zaya1"] is None for r in records if r["metric"].endswith("_speedup_ceiling"))
+    speed = [r for r in records if r["metric"] in ("ttft", "decode")]
+    assert {(r["metric"], r["batch"]) for r in speed} == {("ttft", 1), ("ttft", 2), ("decode", 1), ("decode", 2)}
+    for r in speed:  # the floor first: at most 1 of it, and consistent with the measured figure
+        assert r["floor"] > 0 and all(0 < r[side] <= 1 for side in ("zaya1_of_floor", "hf_of_floor"))
+        measured = r["floor"] / r["zaya1"] if r["metric"] == "ttft" else r["zaya1"] / r["floor"]
+        assert r["zaya1_of_floor"] == pytest.approx(min(measured, 1.0))
+        assert r["speedup"] == pytest.approx(r["hf"] / r["zaya1"] if r["metric"] == "ttft" else r["zaya1"] / r["hf"])
+    header = next(line for line in text.splitlines() if line.startswith("metric"))
+    assert header.split()[3:] == ["unit", "floor", "zaya1", "of", "floor", "hf", "of", "floor", "zaya1", "vs", "hf"]
     assert {r["metric"] for r in records} >= {"bandwidth_read_spread", "contended", "load_average_before"}
-    assert {"metric", "batch", "prompt_len", "zaya1", "hf", "ratio", "unit"} <= set(records[0])
+    assert {"metric", "batch", "prompt_len", "floor", "zaya1", "zaya1_of_floor", "hf", "hf_of_floor", "ratio",
+            "unit"} <= set(records[0])
     decode = {r["batch"]: r for r in records if r["metric"] == "decode"}
     assert set(decode) == {1, 2} and all(r["zaya1"] > 0 and r["hf"] > 0 for r in decode.values())
