@@ -16,14 +16,15 @@ differently). A file that does not parse is ignored with a one-line warning and 
 temporary file renamed over the cache (atomic), merged with what other processes wrote meanwhile.
 
 Measurement (``Tuner.choose``): each candidate's output is first checked against the baseline's
-(``accurate``; a candidate that fails is never timed; this first call is also its warm-up). Then rounds, each running every remaining candidate
-once in rotated order and keeping its best time (other processes only ever slow a call down, and a short
-call often runs between two of their time slices); after the second and later rounds, candidates more
-than ``DROP`` times slower than the best stop being timed; the rounds stop after ``MAX_ROUNDS``, or after ``MIN_ROUNDS`` once
-``BUDGET_S`` has passed. The fastest is chosen if it beats the baseline by ``MARGIN``, else the baseline: a
-measured choice is never slower than the baseline by more than the timing noise. An entry keeps the best
-times (ms per call) and the 1-minute load average per CPU it was measured under; a process that starts
-when the load is less than half of that (and the entry's above ``STALE_LOAD``) measures it again.
+(``accurate``; a candidate that fails is never timed; this first call is also its warm-up). Then rounds,
+each running every remaining candidate once in rotated order and keeping its best time (other processes
+only ever slow a call down, and a short call often runs between two of their time slices); after the
+second and later rounds, candidates more than ``DROP`` times slower than the best stop being timed; the
+rounds stop after ``MAX_ROUNDS``, or after ``MIN_ROUNDS`` once ``BUDGET_S`` has passed. The fastest is
+chosen if it beats the baseline by ``MARGIN``, else the baseline: a measured choice is never slower than
+the baseline by more than the timing noise. An entry keeps the best times (ms per call) and the 1-minute
+load average per CPU it was measured under; a process that starts when the load is less than half of that
+(and the entry's above ``STALE_LOAD``) measures it again.
 """
 
 from __future__ import annotations

@@ -158,12 +158,11 @@ class ZayaModel(nn.Module):
         Returns the final-normed hidden states [B, S, H] and a LayerStep per layer."""
         residual = self.input_scale(self.embed_tokens(input_ids))
         rope = self.rope(positions)
-        router_state, steps = None, []
+        router_state, steps, run = None, [], run or layer_step
         for i, layer in enumerate(self.layers):
             cos, sin = rope[self.config.layer_types[i]]
-            residual, router_state, *step = (run or layer_step)(layer, residual, router_state, cos, sin, positions, token_mask,
-                                                      *states[i], past[i] if past is not None else None, dispatch,
-                                                      lengths)
+            residual, router_state, *step = run(layer, residual, router_state, cos, sin, positions, token_mask,
+                                                *states[i], past[i] if past is not None else None, dispatch, lengths)
             steps.append(LayerStep(*step))
         return self.norm(residual.to(self.dtype)), steps
 
@@ -325,7 +324,8 @@ class ZayaForCausalLM(nn.Module):
         layers = range(self.config.num_hidden_layers)
         past_kv = [(state.keys[i, seq_ids, :, :kv_len], state.values[i, seq_ids, :, :kv_len]) for i in layers]
         states = [(state.conv[i, seq_ids], state.value_prev[i, seq_ids]) for i in layers]
-        logits, steps = self.decode_step(input_ids, positions, past_kv, states, self.decode_compiled(input_ids.device))
+        compiled = self.decode_compiled(input_ids.device)
+        logits, steps = self.decode_step(input_ids, positions, past_kv, states, compiled)
         rows = seq_ids[:, None]
         heads = torch.arange(self.model.shard.kv_heads, device=input_ids.device)[None, :]
         for i, (key, value, conv, value_prev) in enumerate(steps):
@@ -357,8 +357,9 @@ class ZayaForCausalLM(nn.Module):
         """Whether decode on ``device`` runs its layers compiled (``compile_decode``)."""
         if self._compile is not None:
             return self._compile
+        off = os.environ.get("ZAYA1_COMPILE_DECODE", "1").strip().lower() in ("0", "false", "no")
         return (torch.device(device).type == "cpu" and self.config.num_hidden_layers >= COMPILE_MIN_LAYERS
-                and self.comm.world_size == 1 and os.environ.get("ZAYA1_COMPILE_DECODE", "1").strip().lower() not in ("0", "false", "no"))
+                and self.comm.world_size == 1 and not off)
 
     # ------------------------------------------------------------------ generation
     def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:

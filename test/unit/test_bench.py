@@ -1,4 +1,5 @@
-"""CPU bf16 products (kernels.py, each forced) against F.linear, the benchmark's analytic model, and a tiny end-to-end run."""
+"""CPU bf16 products (kernels.py, each forced) against F.linear, the benchmark's analytic model, and a tiny
+end-to-end run."""
 import json
 from pathlib import Path
 
