@@ -134,11 +134,12 @@ class Tuner:
 
     def get(self, key: str) -> str | None:
         """The cached choice for ``key``, or None when it has not been measured."""
-        with self.lock:
-            if self.entries is None:
-                self.entries = self._current(self._mine(self._read()))
-            entry = self.entries.get(key)
-            return entry["choice"] if entry else None
+        if self.entries is None:
+            with self.lock:
+                if self.entries is None:
+                    self.entries = self._current(self._mine(self._read()))
+        entry = self.entries.get(key)  # no lock: a read of a dict that only ever gains entries
+        return entry["choice"] if entry else None
 
     def choose(self, key: str, candidates: dict[str, Callable[[], torch.Tensor]], baseline: str,
                accurate: Callable[[torch.Tensor, torch.Tensor], bool]) -> str:

@@ -131,10 +131,10 @@ def _key(n: int, k: int, bucket: int) -> str:
     return f"linear bf16 {n}x{k} rows{bucket} threads{torch.get_num_threads()}"
 
 
-@torch.compiler.assume_constant_result
 def cached_choice(n: int, k: int, bucket: int) -> str | None:
-    """The product measured for weight [n, k] at ``bucket`` rows, None if not yet measured; a constant for
-    torch.compile (no guard on the cache: entries measured later never recompile a graph)."""
+    """The product measured for weight [n, k] at ``bucket`` rows, None if not yet measured. A constant for
+    torch.compile once marked (``torch.compiler.assume_constant_result``, done where zaya1 first compiles: no
+    guard on the cache, so entries measured later never recompile a graph)."""
     return TUNER.get(_key(n, k, bucket))
 
 

@@ -8,6 +8,7 @@ logits. Shapes: B batch, S tokens in the step, T cache length, H hidden, V vocab
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from .cca import CCAttention, gather_state, rope_cos_sin
 from .checkpoint import load_model
 from .config import SLIDING, ZayaConfig
 from .generation import check_token_ids, generate
-from .kernels import Linear, linear
+from .kernels import Linear, cached_choice, linear
 from .moe import RMSNorm, ZayaMoE
 from .sharding import AttentionShard, LocalComm, padded_vocab
 
@@ -103,8 +104,13 @@ def layer_step(layer, residual, router_state, cos, sin, positions, token_mask, c
     return residual, router_state, k, v, conv, value_prev
 
 
-# One graph serves every layer (the parameters are graph inputs): compile time does not grow with depth.
-compiled_layer_step = torch.compile(layer_step)
+@functools.cache
+def compiled_layer_step():
+    """``layer_step`` through torch.compile, made at first use (importing torch's compiler takes seconds). One
+    graph serves every layer (the parameters are graph inputs): compile time does not grow with depth. The
+    measured kernel choices are constants of the graph."""
+    torch.compiler.assume_constant_result(cached_choice)
+    return torch.compile(layer_step)
 
 
 @dataclass
@@ -154,7 +160,7 @@ class ZayaModel(nn.Module):
                 run=None):
         """input_ids/positions [B, S], token_mask [B, S] bool, lengths [B] (index after the last real token),
         states: per layer (conv_state, value_state) before the chunk; past: per layer (k, v, k_pos, k_valid)
-        or None. ``run``: what runs each layer (``layer_step``, or ``compiled_layer_step`` for a compiled decode).
+        or None. ``run``: what runs each layer (``layer_step``, or ``compiled_layer_step()`` for a compiled decode).
         Returns the final-normed hidden states [B, S, H] and a LayerStep per layer."""
         residual = self.input_scale(self.embed_tokens(input_ids))
         rope = self.rope(positions)
@@ -194,7 +200,7 @@ class ZayaModel(nn.Module):
                 for t in tensors:
                     torch._dynamo.maybe_mark_dynamic(t, t.dim() - 2 if t.dim() == 4 else 1)
         hidden, steps = self(input_ids, positions[:, None], torch.ones_like(input_ids, dtype=torch.bool), ones,
-                             states, past, dispatch="gather", run=compiled_layer_step if compiled else None)
+                             states, past, dispatch="gather", run=compiled_layer_step() if compiled else None)
         return hidden[:, 0], steps
 
 
