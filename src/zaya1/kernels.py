@@ -1,94 +1,80 @@
-"""bf16 matrix products on x86 CPUs, chosen by what the CPU has; no flag needed.
+"""bf16 matrix products on CPUs, chosen by measurement on the machine that runs them; no flag needed.
 
-oneDNN's ``F.linear`` is a GEMM kernel: at the few rows of a decode step (and of an expert's share of a
-prefill) it streams the weight well below the memory bandwidth. ``linear(x, weight)`` keeps F.linear's
-semantics (bf16 inputs, fp32 accumulation, one rounding of the result to bf16) and picks the product by the
-number of rows M of ``x`` and by the CPU (``matmul``):
+oneDNN's ``F.linear`` is a GEMM kernel; at the few rows of a decode step (and of an expert's share of a
+prefill) other products can stream the weight faster, or slower, depending on the CPU: on a Sapphire Rapids
+(AMX) ``torch.mv`` and the swapped GEMM beat F.linear by 1.2-1.7x, on a Zen 4 (AVX512_BF16, no AMX) they
+take 2-3x as long. So ``linear(x, weight)`` (F.linear's semantics: bf16 inputs, fp32 accumulation, one
+rounding of the result to bf16) runs, for bf16 weights on the CPU, whichever of these was fastest for this
+weight shape and number of rows M (bucketed to a power of two, ``row_bucket``) on this machine:
 
-* M = 1, every x86 CPU: ``torch.mv``, PyTorch's vectorised bf16 GEMV, which streams the weight at the
-  memory bandwidth (1.2-1.7x F.linear on Sapphire Rapids).
-* CPUs with native bf16 (AVX512_BF16 or AMX, e.g. Sapphire Rapids, Zen 4), 2 <= M <= ``SWAPPED_MAX_ROWS``:
-  oneDNN's GEMM with the operands swapped, ``weight @ x^T`` (the long weight as the first operand), 1.3-1.5x
-  F.linear; larger M: F.linear on the bf16 units.
-* CPUs without them (AVX2-only, e.g. Zen 3; AVX-512 without bf16, e.g. Skylake-SP), where oneDNN emulates
-  bf16 (~25 GFLOP/s at prefill sizes, ~3 GB/s for a 4-row product over the 1 GB lm_head): M < ``FP32_MIN_ROWS``
-  one ``torch.mv`` per row; otherwise the weight is widened to fp32 in blocks of ``BLOCK_ELEMENTS`` (a
-  per-thread workspace that stays in cache) and multiplied with fp32 sgemm, 3-4x the emulated bf16 GEMM.
-* under torch.compile (the decode step) on those CPUs, 2 <= M <= ``FUSED_MAX_ROWS``: one multiply-and-sum
-  per row over the same weight (``fused_rows_matmul``), which inductor fuses into a single kernel that
-  reads and widens each weight element once for all rows. Other cases call ``matmul`` as the opaque custom
-  op ``zaya1::cpu_bf16_matmul`` (inductor would otherwise lower mv to a slower reduction of its own).
+* ``linear``: F.linear, the baseline: kept unless another product is measurably faster;
+* ``mv``: one ``torch.mv`` (PyTorch's vectorised GEMV) per row, M <= ``MV_MAX_ROWS``;
+* ``swapped``: oneDNN's GEMM with the operands swapped, ``weight @ x^T`` (the long weight first),
+  M <= ``SWAPPED_MAX_ROWS``;
+* ``fp32``: the weight widened to fp32 in cache-sized blocks, then sgemm, M >= 2 (3-4x F.linear on CPUs
+  where oneDNN emulates bf16: AVX2-only, AVX-512 without bf16);
+* ``fused``: one multiply-and-sum per row over the weight (``fused_rows_matmul``), compiled by inductor into
+  a single pass over the weight for all rows, M <= ``FUSED_MAX_ROWS``, weights of ``FUSED_MIN_BYTES`` or
+  more (2x F.linear over the lm_head at one row on Zen 4). Its first use compiles it once per weight shape
+  and row bucket (seconds; inductor keeps the kernel in its on-disk cache, a later process loads it).
 
-Only the accumulation order differs from F.linear: results agree with it to about one bf16 rounding, and
-with the float32 reference at least as closely as transformers' bf16 does (test/unit/test_accuracy.py).
+Each choice is measured once, at its first use, on the weight itself (small weights with copies of it, so
+that the timed product streams from memory as in a step over many layers, not from cache) and cached on
+disk per CPU model and torch version (``autotune``: where, how measured). Every product accumulates in fp32
+and rounds once: results agree with F.linear to about one bf16 rounding (checked before a product is
+timed), and with the float32 reference at least as closely as transformers' bf16 does
+(test/unit/test_accuracy.py). A given choice is deterministic. Under torch.compile the chosen product is
+called as the opaque custom op ``zaya1::cpu_bf16_matmul``, or inlined where F.linear or ``fused`` was
+chosen (inductor then fuses the latter with its neighbours).
+
 ``use_exact_kernels()`` (or ``ZAYA1_EXACT_KERNELS=1``, ``--exact-kernels``) selects F.linear everywhere, the
 path that is bit-identical to transformers. Every other case (fp32 and fp16 weights, other devices,
 tracing for Neuron, a bias) is plain F.linear, so float32 results are bit-identical to the reference path.
-
-Detection (``cpu_features``): the /proc/cpuinfo flags, capped by oneDNN's ``ONEDNN_MAX_CPU_ISA`` when it is
-set (an ISA cap that makes oneDNN emulate bf16 also selects the emulated-bf16 kernels), and torch's
-``torch.backends.cpu.get_cpu_capability()`` for what its own vectorised kernels use.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import os
 import platform
-import re
 import threading
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.proxy_tensor import make_fx
 
-FP32_MIN_ROWS = 4  # emulated bf16: fp32-block sgemm from 4 rows (lm_head, capped AVX2: 158 ms vs 263 for 4 mv)
+from .autotune import Tuner, cpu_info
+
+MV_MAX_ROWS = 4
+SWAPPED_MAX_ROWS = 32
 FUSED_MAX_ROWS = 16
-SWAPPED_MAX_ROWS = 16  # native bf16: weight @ x^T up to here (measured 1.3-1.5x F.linear at 2-16 rows)
+FUSED_MIN_BYTES = 1 << 20  # smaller weights: the compiled call's fixed cost outweighs what it could save
+MAX_BUCKET = 1024  # more rows are measured as this many
 BLOCK_ELEMENTS = 1 << 20  # 4 MB of fp32 weight per sgemm block
+COLD_BYTES = 64 << 20  # a timed product reads at least this much weight (more than a CPU's last-level cache)
 _workspace = threading.local()  # simulated tensor parallelism runs ranks in threads
-# oneDNN ISA caps below which its bf16 matmul is emulated (ONEDNN_MAX_CPU_ISA values, oneDNN's docs)
-_EMULATING_ISA_CAPS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
-
-
-def cpu_features(cpuinfo: str | None = None, machine: str | None = None, env: dict | None = None) -> dict:
-    """What the CPU offers bf16 matmuls: ``model``, ``isa`` (the relevant /proc/cpuinfo flags), ``torch``
-    (torch's CPU capability), ``onednn_cap`` (ONEDNN_MAX_CPU_ISA or None) and ``native_bf16`` (oneDNN runs
-    bf16 GEMMs on bf16 units: AVX512_BF16 or AMX present and not capped away). Arguments override the
-    machine's values (tests)."""
-    env = os.environ if env is None else env
-    machine = (platform.machine() if machine is None else machine).lower()
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
-    flags = re.search(r"flags\s*:\s*(.+)", cpuinfo)
-    flags = set(flags.group(1).split()) if flags else set()
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    cap = env.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() or None
-    x86 = machine in ("x86_64", "amd64")
-    native = x86 and bool({"avx512_bf16", "amx_bf16"} & flags) and cap not in _EMULATING_ISA_CAPS
-    return {"model": model.group(1).strip() if model else platform.processor() or machine, "isa": isa,
-            "torch": torch.backends.cpu.get_cpu_capability(), "onednn_cap": cap, "x86": x86,
-            "native_bf16": native}
-
-
-def _emulated_bf16(features: dict) -> bool:
-    """True on x86 CPUs whose bf16 matmuls oneDNN emulates (no usable avx512_bf16 / amx_bf16); False where
-    nothing is known (/proc/cpuinfo unreadable: F.linear, the safe choice)."""
-    return features["x86"] and bool(features["isa"]) and not features["native_bf16"]
-
-
-CPU = cpu_features()  # read once: torch.compile traces the functions below
-EMULATED_BF16 = _emulated_bf16(CPU)
-NATIVE_BF16 = CPU["native_bf16"]
+TUNER = Tuner()
 EXACT = os.environ.get("ZAYA1_EXACT_KERNELS", "").strip().lower() not in ("", "0", "false", "no")
-
-
 NEURON_GRAPH = False  # neuron_graph_numerics()
+
+
+def cpu_features(cpuinfo: str | None = None, env: dict | None = None) -> dict:
+    """What ``zaya1 bench`` reports about the CPU: ``model``, ``isa`` (the /proc/cpuinfo flags that matter for
+    bf16 products), ``torch`` (torch's CPU capability) and ``onednn_cap`` (ONEDNN_MAX_CPU_ISA or None).
+    Reported only: the products are chosen by measurement."""
+    env = os.environ if env is None else env
+    info = cpu_info(cpuinfo)
+    flags = set(info.get("flags", "").split())
+    return {"model": info.get("model name") or platform.processor() or platform.machine(),
+            "isa": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags],
+            "torch": torch.backends.cpu.get_cpu_capability(),
+            "onednn_cap": env.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() or None}
+
+
+CPU = cpu_features()
 
 
 def use_exact_kernels(enabled: bool = True) -> None:
@@ -110,15 +96,10 @@ def exact_kernels(enabled: bool = True):
 
 
 def kernel_mode() -> str:
-    """Which bf16 CPU products ``linear`` runs in this process: fast, native (F.linear on bf16 units) or exact."""
+    """Which bf16 CPU products ``linear`` runs in this process."""
     if EXACT:
         return "exact (F.linear, bit-identical to transformers)"
-    if EMULATED_BF16:
-        return "fast (zaya1 kernels: torch.mv decode, fp32 sgemm prefill; this CPU emulates bf16 in oneDNN)"
-    if NATIVE_BF16:
-        return (f"fast native (torch.mv at 1 row, oneDNN weight @ x^T up to {SWAPPED_MAX_ROWS} rows, F.linear on "
-                f"the bf16 units above)")
-    return "F.linear (no x86 bf16 features detected)"
+    return f"measured per product shape on this machine (cache {TUNER.path})"
 
 
 def fp32_internals(x: torch.Tensor) -> bool:
@@ -149,48 +130,99 @@ def neuron_graph_numerics():
         NEURON_GRAPH = previous
 
 
-def _cpu_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def measured(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True where ``linear`` runs the product measured fastest (bf16 on the CPU, fast path)."""
     return (not EXACT and weight.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
             and weight.device.type == "cpu" and not torch.jit.is_tracing())
 
 
-def use_cpu_bf16_kernels(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True where this product runs zaya1's emulated-bf16 kernels (a CPU without bf16 units)."""
-    return EMULATED_BF16 and _cpu_bf16(x, weight)
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias): x [..., K], weight [N, K] -> [..., N]."""
-    if bias is not None or not ((EMULATED_BF16 or NATIVE_BF16) and _cpu_bf16(x, weight)):
+    if bias is not None or not measured(x, weight):
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])  # [M, K]
     if not torch.compiler.is_compiling():
         out = matmul(rows, weight)
-    elif EMULATED_BF16 and 1 < rows.shape[0] <= FUSED_MAX_ROWS:
-        out = fused_rows_matmul(rows, weight)
     else:
-        out = torch.ops.zaya1.cpu_bf16_matmul(rows, weight)
+        known = cached_choice(*weight.shape, row_bucket(rows.shape[0]))
+        if known == "linear":
+            out = F.linear(rows, weight)
+        elif known == "fused":
+            out = fused_rows_matmul(rows, weight)
+        else:  # measured (or measured at its first run) inside the operator
+            out = torch.ops.zaya1.cpu_bf16_matmul(rows, weight)
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
+def row_bucket(rows: int) -> int:
+    """The row count a product of ``rows`` rows is measured at: the next power of two, at most MAX_BUCKET."""
+    return min(1 << max(rows - 1, 0).bit_length(), MAX_BUCKET)
+
+
+def _key(n: int, k: int, bucket: int) -> str:
+    return f"linear bf16 {n}x{k} rows{bucket} threads{torch.get_num_threads()}"
+
+
+def cached_choice(n: int, k: int, bucket: int) -> str | None:
+    """The product measured for weight [n, k] at ``bucket`` rows, None if not yet measured. A constant for
+    torch.compile once marked (``torch.compiler.assume_constant_result``, done where zaya1 first compiles: no
+    guard on the cache, so entries measured later never recompile a graph)."""
+    return TUNER.get(_key(n, k, bucket))
+
+
+def accurate(out: torch.Tensor, reference: torch.Tensor) -> bool:
+    """``out`` agrees with F.linear's ``reference`` to one bf16 rounding of the largest output (both accumulate
+    in fp32 and round once, in a different order)."""
+    scale = reference.abs().max().float()
+    return bool(torch.isfinite(out).all()) and bool((out.float() - reference.float()).abs().max() <= 2 ** -7 * scale)
+
+
+def choose(weight: torch.Tensor, rows: int) -> str:
+    """The product for ``weight`` [N, K] at ``rows`` rows: cached, or measured now on ``weight`` and cached."""
+    n, k = weight.shape
+    bucket = row_bucket(rows)
+    key = _key(n, k, bucket)
+    known = TUNER.get(key)
+    if known is not None:
+        return known
+    with torch.no_grad():
+        x = torch.randn(bucket, k, generator=torch.Generator().manual_seed(0)).to(weight.dtype)
+        copies = max(1, min(64, -(-COLD_BYTES // (weight.numel() * weight.element_size()))))
+        # every timed call reads the next copy: a copy is read again only after COLD_BYTES of others; the
+        # copies are tensors of the weight's kind (inference or not), which compiled products guard on
+        with torch.inference_mode(weight.is_inference()):
+            weights = itertools.cycle([weight] + [weight.clone() for _ in range(copies - 1)])
+        names = [name for name, (low, high) in ROWS.items() if low <= bucket <= high
+                 and (name != "fused" or weight.numel() * weight.element_size() >= FUSED_MIN_BYTES)]
+        return TUNER.choose(key, {name: functools.partial(_call, PRODUCTS[name], x, weights) for name in names},
+                            "linear", accurate)
+
+
+def _call(product, x: torch.Tensor, weights) -> torch.Tensor:
+    return product(x, next(weights))
+
+
 def matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """rows [M, K] x weight [N, K]^T -> [M, N], both bf16."""
-    m = rows.shape[0]
-    if not EMULATED_BF16 and m > 1:
-        if m <= SWAPPED_MAX_ROWS:
-            return torch.mm(weight, rows.t()).t().contiguous()
-        return F.linear(rows, weight)
-    if m >= FP32_MIN_ROWS:
-        return fp32_matmul(rows, weight)
-    out = rows.new_empty(m, weight.shape[0])
-    for row, dest in zip(rows, out):
-        torch.mv(weight, row, out=dest)
-    return out
+    """rows [M, K] x weight [N, K]^T -> [M, N], both bf16, by the product measured fastest."""
+    return PRODUCTS[choose(weight, rows.shape[0])](rows, weight)
 
 
 # the same function as an operator that torch.compile calls as it is (eager code calls matmul directly)
 torch.library.custom_op("zaya1::cpu_bf16_matmul", matmul, mutates_args=()).register_fake(
     lambda rows, weight: rows.new_empty(rows.shape[0], weight.shape[0]))
+
+
+def mv_rows(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """One torch.mv per row."""
+    out = rows.new_empty(rows.shape[0], weight.shape[0])
+    for row, dest in zip(rows, out):
+        torch.mv(weight, row, out=dest)
+    return out
+
+
+def swapped(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(weight @ rows^T)^T: oneDNN's GEMM with the long weight as the first operand."""
+    return torch.mm(weight, rows.t()).t().contiguous()
 
 
 def fused_rows_matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -212,6 +244,26 @@ def _(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty(x.shape, dtype=torch.float32)
 
 
+_fused_graphs: dict = {}  # (N, K, bucket) -> fused_rows_matmul compiled by inductor for that shape
+_compiling = threading.Lock()
+
+
+def fused(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``fused_rows_matmul`` compiled by inductor once per weight shape and row bucket (rows are zero-padded to
+    it), called without torch.compile's guards (a graph of fixed shapes: nothing to check but the shapes)."""
+    m = rows.shape[0]
+    bucket = row_bucket(m)
+    rows = F.pad(rows, (0, 0, 0, bucket - m)) if bucket > m else rows.contiguous()
+    key = (*weight.shape, bucket)
+    graph = _fused_graphs.get(key)
+    if graph is None:
+        with _compiling:
+            graph = _fused_graphs.get(key) or torch._inductor.compile(
+                make_fx(fused_rows_matmul, tracing_mode="fake")(rows, weight), [rows, weight])
+            _fused_graphs[key] = graph
+    return graph(rows, weight)[:m]
+
+
 def fp32_matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """rows [M, K] x weight [N, K]^T: weight blocks widened into an fp32 workspace, then sgemm; the result
     is rounded once. Computed as weight @ rows^T ([N, M]): sgemm with few rows in the second operand is
@@ -229,6 +281,12 @@ def fp32_matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         wide = space[:part.numel()].view(part.shape).copy_(part)
         torch.mm(wide, cols, out=out[start:start + part.shape[0]])
     return out.t().to(rows.dtype)
+
+
+PRODUCTS = {"linear": lambda rows, weight: F.linear(rows, weight), "mv": mv_rows, "swapped": swapped,
+            "fp32": fp32_matmul, "fused": fused}
+ROWS = {"linear": (1, MAX_BUCKET), "mv": (1, MV_MAX_ROWS), "swapped": (2, SWAPPED_MAX_ROWS),
+        "fp32": (2, MAX_BUCKET), "fused": (1, FUSED_MAX_ROWS)}  # the row counts each product is a candidate at
 
 
 class Linear(nn.Linear):

@@ -8,6 +8,8 @@ logits. Shapes: B batch, S tokens in the step, T cache length, H hidden, V vocab
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +22,14 @@ from .checkpoint import load_model
 from .config import SLIDING, ZayaConfig
 from .generation import check_token_ids, generate
 from .hf_export import save_pretrained
-from .kernels import Linear, linear
+from .kernels import Linear, cached_choice, linear
 from .moe import RMSNorm, ZayaMoE
 from .sharding import AttentionShard, LocalComm, padded_vocab
 
 
 # parameters here that transformers holds as buffers (or does not have): not counted by num_parameters
 NOT_WEIGHTS = ("balancing_biases", "value_delayed", "embed_tokens.rank")
+COMPILE_MIN_LAYERS = 8  # default compiled decode on CPU from this depth (docs/performance.md: where it pays)
 
 
 class ResidualScale(nn.Module):
@@ -95,6 +98,24 @@ class ZayaDecoderLayer(nn.Module):
         return self.post_mlp_residual_scale(y, residual), router_state, (k, v, packed, v_all)
 
 
+def layer_step(layer, residual, router_state, cos, sin, positions, token_mask, conv_state, value_state, past,
+               dispatch, lengths):
+    """One decoder layer and the state it leaves: (residual, router state, key, value, conv, value_prev)."""
+    residual, router_state, (k, v, packed, v_all) = layer(residual, router_state, cos, sin, positions, token_mask,
+                                                          conv_state, value_state, past, dispatch)
+    conv, value_prev = gather_state(packed, v_all, lengths, conv_state.shape[-1])
+    return residual, router_state, k, v, conv, value_prev
+
+
+@functools.cache
+def compiled_layer_step():
+    """``layer_step`` through torch.compile, made at first use (importing torch's compiler takes seconds). One
+    graph serves every layer (the parameters are graph inputs): compile time does not grow with depth. The
+    measured kernel choices are constants of the graph."""
+    torch.compiler.assume_constant_result(cached_choice)
+    return torch.compile(layer_step)
+
+
 @dataclass
 class LayerStep:
     """What one layer hands back from a step: new K/V [B, nkv, S, d] and the state after the last real
@@ -138,20 +159,20 @@ class ZayaModel(nn.Module):
         value = ref.new_zeros(batch, shard.kv_heads * cfg.head_dim, device=device)
         return [(conv, value)] * cfg.num_hidden_layers
 
-    def forward(self, input_ids, positions, token_mask, lengths, states, past=None, dispatch="blockwise"):
+    def forward(self, input_ids, positions, token_mask, lengths, states, past=None, dispatch="blockwise",
+                run=None):
         """input_ids/positions [B, S], token_mask [B, S] bool, lengths [B] (index after the last real token),
         states: per layer (conv_state, value_state) before the chunk; past: per layer (k, v, k_pos, k_valid)
-        or None. Returns the final-normed hidden states [B, S, H] and a LayerStep per layer."""
+        or None. ``run``: what runs each layer (``layer_step``, or ``compiled_layer_step()`` for a compiled decode).
+        Returns the final-normed hidden states [B, S, H] and a LayerStep per layer."""
         residual = self.input_scale(self.embed_tokens(input_ids))
         rope = self.rope(positions)
-        router_state, steps = None, []
+        router_state, steps, run = None, [], run or layer_step
         for i, layer in enumerate(self.layers):
             cos, sin = rope[self.config.layer_types[i]]
-            residual, router_state, (k, v, packed, v_all) = layer(
-                residual, router_state, cos, sin, positions, token_mask, *states[i],
-                past[i] if past is not None else None, dispatch)
-            conv, value_prev = gather_state(packed, v_all, lengths, self.config.conv_state_len)
-            steps.append(LayerStep(k, v, conv, value_prev))
+            residual, router_state, *step = run(layer, residual, router_state, cos, sin, positions, token_mask,
+                                                *states[i], past[i] if past is not None else None, dispatch, lengths)
+            steps.append(LayerStep(*step))
         return self.norm(residual.to(self.dtype)), steps
 
     # The two step functions every backend traces. They return new K/V and state; where it is stored is the
@@ -167,15 +188,22 @@ class ZayaModel(nn.Module):
         last = (lengths - 1).clamp_min(0).to(torch.long)
         return hidden[torch.arange(batch, device=hidden.device), last], steps
 
-    def decode(self, input_ids: torch.Tensor, positions: torch.Tensor, past_kv: list, states: list):
+    def decode(self, input_ids: torch.Tensor, positions: torch.Tensor, past_kv: list, states: list,
+               compiled: bool = False):
         """Token generation: input_ids [B, 1] at positions [B]; past_kv per layer (k, v) [B, nkv, T, d] valid
-        below each position; states per layer (conv, value) of the same rows. Returns hidden [B, H], steps."""
+        below each position; states per layer (conv, value) of the same rows. ``compiled``: each layer runs
+        through torch.compile (one graph for every layer and kv_len). Returns hidden [B, H], steps."""
         batch, kv_len = input_ids.shape[0], past_kv[0][0].shape[2]
         k_pos = torch.arange(kv_len, device=input_ids.device).expand(batch, kv_len)
         k_valid = k_pos < positions[:, None]
         ones = torch.ones(batch, dtype=torch.long, device=input_ids.device)
+        past = [(k, v, k_pos, k_valid) for k, v in past_kv]
+        if compiled:
+            for tensors in past:  # the cache length varies (kv_len buckets): dynamic from the first graph
+                for t in tensors:
+                    torch._dynamo.maybe_mark_dynamic(t, t.dim() - 2 if t.dim() == 4 else 1)
         hidden, steps = self(input_ids, positions[:, None], torch.ones_like(input_ids, dtype=torch.bool), ones,
-                             states, [(k, v, k_pos, k_valid) for k, v in past_kv], dispatch="gather")
+                             states, past, dispatch="gather", run=compiled_layer_step() if compiled else None)
         return hidden[:, 0], steps
 
 
@@ -222,7 +250,7 @@ class ZayaForCausalLM(nn.Module):
         self.lm_head = None if config.tie_word_embeddings else Linear(
             config.hidden_size, self.model.embed_tokens.weight.shape[0], bias=False)
         self.dispatch = "grouped"  # eager prefill dispatch; tracing/export uses "blockwise"
-        self._compiled_step, self._use_compiled = None, False  # see compile_decode
+        self._compile = None  # compile_decode's setting; None: auto (COMPILE_MIN_LAYERS)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -322,13 +350,8 @@ class ZayaForCausalLM(nn.Module):
         layers = range(self.config.num_hidden_layers)
         past_kv = [(state.keys[i, seq_ids, :, :kv_len], state.values[i, seq_ids, :, :kv_len]) for i in layers]
         states = [(state.conv[i, seq_ids], state.value_prev[i, seq_ids]) for i in layers]
-        if self._compiled_step is not None and self._use_compiled:
-            for k, v in past_kv:  # one graph for every kv_len bucket (a new one per batch size)
-                torch._dynamo.maybe_mark_dynamic(k, 2)
-                torch._dynamo.maybe_mark_dynamic(v, 2)
-            logits, steps = self._compiled_step(input_ids, positions, past_kv, states)
-        else:
-            logits, steps = self.decode_step(input_ids, positions, past_kv, states)
+        compiled = self.decode_compiled(input_ids.device)
+        logits, steps = self.decode_step(input_ids, positions, past_kv, states, compiled)
         rows = seq_ids[:, None]
         heads = torch.arange(self.model.shard.kv_heads, device=input_ids.device)[None, :]
         for i, (key, value, conv, value_prev) in enumerate(steps):
@@ -338,21 +361,31 @@ class ZayaForCausalLM(nn.Module):
             state.value_prev[i, seq_ids] = value_prev
         return logits
 
-    def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, past_kv: list, states: list):
-        """The pure decode step (what compile_decode compiles): logits [B, V] and per layer the new
-        (key, value [B, nkv, 1, d], conv state, value state)."""
-        hidden, steps = self.model.decode(input_ids, positions, past_kv, states)
+    def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, past_kv: list, states: list,
+                    compiled: bool = False):
+        """The pure decode step: logits [B, V] and per layer the new (key, value [B, nkv, 1, d], conv state,
+        value state). ``compiled``: the layers run through torch.compile (``ZayaModel.decode``)."""
+        hidden, steps = self.model.decode(input_ids, positions, past_kv, states, compiled)
         return self.logits(hidden), [(s.key, s.value, s.conv, s.value_prev) for s in steps]
 
-    def compile_decode(self, enable: bool = True) -> "ZayaForCausalLM":
-        """Run the decode step through torch.compile (inductor), or eagerly again with ``enable=False``.
-        Optional (eager decode computes the same, up to bf16 rounding); worth it on CPU, where it fuses the
-        per-layer elementwise work and, in bf16, the small-batch lm_head and expert products (kernels.py).
-        The first step of each batch size compiles (tens of seconds on CPU); kv_len buckets reuse it."""
-        if enable and self._compiled_step is None:
-            self._compiled_step = torch.compile(self.decode_step)
-        self._use_compiled = enable
+    def compile_decode(self, enable: bool | None = True) -> "ZayaForCausalLM":
+        """Run the decode step's layers through torch.compile (inductor: the per-layer elementwise work fused,
+        one graph for every layer), or eagerly with ``enable=False``; ``None`` restores the default: compiled on
+        CPU for models of ``COMPILE_MIN_LAYERS`` layers or more, where the eager step's per-op cost dominates
+        (docs/performance.md), unless ``ZAYA1_COMPILE_DECODE=0`` (simulated tensor-parallel ranks, which
+        communicate through Python, stay eager). Both compute the same up to bf16 rounding.
+        The first step of each batch size compiles (tens of seconds on a 2-core CPU, seconds once inductor's
+        on-disk cache holds the graph, whatever the depth); kv_len buckets reuse it."""
+        self._compile = enable
         return self
+
+    def decode_compiled(self, device: torch.device | str) -> bool:
+        """Whether decode on ``device`` runs its layers compiled (``compile_decode``)."""
+        if self._compile is not None:
+            return self._compile
+        off = os.environ.get("ZAYA1_COMPILE_DECODE", "1").strip().lower() in ("0", "false", "no")
+        return (torch.device(device).type == "cpu" and self.config.num_hidden_layers >= COMPILE_MIN_LAYERS
+                and self.comm.world_size == 1 and not off)
 
     # ------------------------------------------------------------------ generation
     def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:

@@ -11,10 +11,11 @@ Router (architecture doc section 3.4), per token u [H] and previous MoE layer's 
 Expert dispatch, all with static shapes and exact (no token dropping):
 
 * ``gather``    (decode): every token gathers its own expert's weights, so a step reads only the selected
-                experts. T tokens read T experts, so it is for small T. Eager on CPU nothing is copied: it
-                runs ``grouped`` (views of each chosen expert's weights, each read once); with bf16 weights
-                on a CPU without native bf16 (kernels.py) under torch.compile the gather becomes indexed
-                loads of one fused multiply-and-sum kernel per product.
+                experts. T tokens read T experts, so it is for small T. On the CPU nothing is copied: it
+                runs ``grouped`` (views of each chosen expert's weights, each read once, by the products
+                measured fastest, kernels.py), under torch.compile as the opaque operator
+                ``zaya1::grouped_experts``, or, where the fused product was measured fastest for one row
+                of an expert's weights, as indexed loads of one fused multiply-and-sum kernel per product.
 * ``blockwise`` (prefill): tokens are laid out by expert (in token order, no sort: a token's row is
                 its expert's first row + the number of earlier tokens of that expert) in blocks of
                 ``block_size`` rows that each belong to one expert, every expert's group padded to whole
@@ -39,7 +40,7 @@ from torch import nn
 
 from .config import FP8, ZayaConfig
 from .errors import ConfigError
-from .kernels import Linear, fp32_internals, linear, use_cpu_bf16_kernels, widen
+from .kernels import Linear, cached_choice, fp32_internals, linear, measured, neuron_graph, widen
 from .quantization import QuantizedWeight
 
 # the activations of transformers' ACT2FN that are one torch function (the same computation)
@@ -157,7 +158,7 @@ class ZayaExperts(nn.Module):
     def __init__(self, config: ZayaConfig, intermediate: int, block_size: int | None = None):
         super().__init__()
         self.num_experts, self.block_size = config.num_experts, block_size
-        self.act = activation(config.hidden_act)
+        self.hidden_act, self.act = config.hidden_act, activation(config.hidden_act)
         shapes = {"gate_up_proj": (config.num_experts, 2 * intermediate, config.hidden_size),
                   "down_proj": (config.num_experts, config.hidden_size, intermediate)}
         for name, shape in shapes.items():  # quantized: stored codes + scales, dequantized where indexed
@@ -179,9 +180,14 @@ class ZayaExperts(nn.Module):
 
     def gather(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """x [T, H], expert [T] in [0, E), weight [T] -> [T, H]; reads T expert weight sets."""
-        if x.device.type == "cpu" and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
-            return self.grouped(x, expert, weight)  # eager CPU: views of each chosen expert, read once
-        if use_cpu_bf16_kernels(x, self.gate_up_proj):  # compiled: one fused kernel per product
+        if x.device.type == "cpu" and not neuron_graph(x):
+            if not torch.compiler.is_compiling():
+                return self.grouped(x, expert, weight)  # views of each chosen expert, read once
+            dense = not isinstance(self.gate_up_proj, QuantizedWeight)  # quantized: dequantized where gathered
+            if dense and not (measured(x, self.gate_up_proj)
+                              and cached_choice(*self.gate_up_proj.shape[1:], 1) == "fused"):
+                return torch.ops.zaya1.grouped_experts(x, expert, weight, self.gate_up_proj, self.down_proj,
+                                                       self.hidden_act)
             h = (self.gate_up_proj[expert].float() * widen(x)[:, None]).sum(-1).to(x.dtype)  # [T, 2I]
             out = (self.down_proj[expert].float() * widen(self._swiglu(h))[:, None]).sum(-1).to(x.dtype)
             return out * weight[:, None]
@@ -208,15 +214,28 @@ class ZayaExperts(nn.Module):
         return out[slot] * weight[:, None]
 
     def grouped(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(x)
-        for e in torch.unique(expert).tolist():
-            idx = torch.nonzero(expert == e)[:, 0]
-            h = self._swiglu(linear(x[idx], self.gate_up_proj[e]))
-            out[idx] = linear(h, self.down_proj[e]) * weight[idx, None]
-        return out
+        return grouped_experts(x, expert, weight, self.gate_up_proj, self.down_proj, self.hidden_act)  # eager
 
     def forward(self, x, expert, weight, dispatch: str) -> torch.Tensor:
         return getattr(self, dispatch)(x, expert, weight)
+
+
+def grouped_experts(x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor, gate_up: torch.Tensor,
+                    down: torch.Tensor, hidden_act: str) -> torch.Tensor:
+    """``ZayaExperts.grouped``: a loop over the experts that received tokens (data-dependent, so an opaque
+    operator for torch.compile). gate_up [E, 2I, H], down [E, H, I]."""
+    act = activation(hidden_act)
+    out = torch.zeros_like(x)
+    for e in torch.unique(expert).tolist():
+        idx = torch.nonzero(expert == e)[:, 0]
+        gate, up = linear(x[idx], gate_up[e]).chunk(2, dim=-1)
+        out[idx] = linear(act(gate) * up, down[e]) * weight[idx, None]
+    return out
+
+
+# the same function as an operator that torch.compile calls as it is
+torch.library.custom_op("zaya1::grouped_experts", grouped_experts, mutates_args=()).register_fake(
+    lambda x, expert, weight, gate_up, down, hidden_act: torch.empty_like(x))
 
 
 class ZayaMoE(nn.Module):

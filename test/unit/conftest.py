@@ -1,5 +1,6 @@
-"""Shared fixtures: tiny random upstream checkpoints (built once per session), one with a tokenizer, chat
-template and generation_config.json, and a report of every measured parity number, printed at the end."""
+"""Shared fixtures: the session's kernel-choice cache (a temporary file), tiny random upstream checkpoints
+(built once per session), one with a tokenizer, chat template and generation_config.json, and a report of
+every measured parity number, printed at the end."""
 
 from __future__ import annotations
 
@@ -24,6 +25,20 @@ _REPORT: list[tuple[str, float]] = []
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: real-width model tests (minutes on 2 cores); CI runs them, "
                                        "-m 'not slow' skips them locally")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_cache(tmp_path_factory):
+    """The session's measured kernel choices in a temporary file (here and in the CLI's subprocesses), not
+    in the user's cache."""
+    from zaya1 import autotune, kernels
+
+    path = tmp_path_factory.mktemp("kernels") / "kernels.json"
+    patch = pytest.MonkeyPatch()
+    patch.setenv(autotune.CACHE_ENV, str(path))
+    patch.setattr(kernels, "TUNER", autotune.Tuner(path))
+    yield path
+    patch.undo()
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ to the float32 reference (upstream transformers in float32) as transformers' own
   reference's argmax at that position. zaya1 runs its decode step (prefill, then one token per call);
   transformers runs one forward over the whole sequence (its cache-free bf16 path).
 
-zaya1's bf16 CPU paths are all checked: the one this CPU selects by default, and both fast paths forced
-(the kernels of CPUs without native bf16 (AVX2-only, AVX-512 without bf16), and those of CPUs with it)."""
+zaya1's bf16 CPU paths are all checked: the products measured fastest on this CPU (the default), and each
+alternative product forced wherever it is a candidate (what another CPU's measurements may choose)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 from zaya1 import ZayaForCausalLM
 from zaya1.tools.bench.synthetic import write_synthetic_checkpoint
 
-from zaya_testlib import force_bf16_path, upstream
+from zaya_testlib import force_product, upstream
 
 pytestmark = [pytest.mark.usefixtures("inference"), pytest.mark.slow]  # ~1-4 min on 2 cores; CI runs it
 
@@ -55,7 +55,7 @@ def reference(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def zaya1_bf16(reference):
-    """zaya1 in bf16, loaded once: the kernel flags are read at each call, so every path runs on it."""
+    """zaya1 in bf16, loaded once: the product is chosen at each call, so every path runs on it."""
     return ZayaForCausalLM.from_pretrained(reference[0], dtype=torch.bfloat16)
 
 
@@ -69,12 +69,16 @@ def zaya1_figures(model, seq, ref_prompt, ref_top1) -> tuple[float, int]:
     return max_dlogit, (torch.cat(top1) == ref_top1).sum().item()
 
 
-@pytest.mark.parametrize("path_kind", ["default", "emulated-bf16-kernels", "native-bf16-kernels"])
+@pytest.mark.parametrize("path_kind", ["default", "compiled", "mv", "swapped", "fp32", "fused"])
 def test_bf16_at_least_as_close_to_float32_as_transformers(reference, zaya1_bf16, report, monkeypatch, path_kind):
     _, seq, ref_prompt, ref_top1, (hf_dlogit, hf_agree, _), _ = reference
-    # "default": this CPU's path; the others: that kind of CPU's path, forced
-    force_bf16_path(monkeypatch, {"default": None, "native-bf16-kernels": True}.get(path_kind, False))
-    dlogit, agree = zaya1_figures(zaya1_bf16, seq, ref_prompt, ref_top1)
+    # "default" / "compiled": the products measured on this CPU, decode eager (one layer: the default) or
+    # compiled; the others: that product forced wherever it may run
+    force_product(monkeypatch, None if path_kind in ("default", "compiled") else path_kind)
+    try:
+        dlogit, agree = zaya1_figures(zaya1_bf16.compile_decode(path_kind == "compiled"), seq, ref_prompt, ref_top1)
+    finally:
+        zaya1_bf16.compile_decode(None)
     report(f"real-width bf16 ({path_kind}) max |dlogit| vs fp32, zaya1", dlogit)
     report("real-width bf16 max |dlogit| vs fp32, transformers", hf_dlogit)
     report(f"real-width bf16 ({path_kind}) top-1 agreement /{STEPS}, zaya1", agree)

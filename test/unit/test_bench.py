@@ -1,4 +1,5 @@
-"""CPU bf16 kernels (kernels.py) against F.linear, the benchmark's analytic model, and a tiny end-to-end run."""
+"""CPU bf16 products (kernels.py, each forced) against F.linear, the benchmark's analytic model, and a tiny
+end-to-end run."""
 import json
 from pathlib import Path
 
@@ -11,55 +12,31 @@ from zaya1.tools.bench import main
 from zaya1.tools.bench.measure import decode_bytes
 from zaya1.tools.bench.synthetic import synthetic_hf_config
 from zaya1.config import ZayaConfig
-from zaya_testlib import force_bf16_path, upstream
+from zaya_testlib import force_product, upstream
 
 ROOT = Path(__file__).parents[2]
 TINY_HF = ROOT / "test" / "data" / "golden" / "zaya1-original-tiny" / "hf-layout"
 
 
-@pytest.fixture
-def emulated(monkeypatch):
-    """The default path of a CPU without native bf16 (AVX2-only or AVX-512 without bf16), on any CPU."""
-    force_bf16_path(monkeypatch, native=False)
+@pytest.fixture(params=["mv", "swapped", "fp32", "fused"])
+def product(request, monkeypatch):
+    """Each alternative product forced wherever it is a candidate, on any CPU (what another CPU's
+    measurements may choose)."""
+    force_product(monkeypatch, request.param)
+    return request.param
 
 
-@pytest.fixture(params=["emulated", "native"])
-def fast_path(request, monkeypatch):
-    """Either fast path, on any CPU: emulated-bf16 kernels, or native (mv / swapped GEMM / F.linear). On a
-    CPU without bf16 units the native path's products are oneDNN's emulated ones: same numerics."""
-    force_bf16_path(monkeypatch, native=request.param == "native")
-
-
-CPUINFO = "model name\t: {model}\nflags\t\t: fpu sse2 avx {flags}\n"
-
-
-@pytest.mark.parametrize("model,flags,env,native", [
-    ("AMD EPYC 7R13 (Zen 3)", "avx2 fma", {}, False),
-    ("Intel Xeon Platinum 8175M (Skylake-SP)", "avx2 avx512f avx512bw", {}, False),
-    ("Intel Xeon Platinum 8488C (Sapphire Rapids)", "avx2 avx512f avx512_bf16 amx_bf16 amx_tile", {}, True),
-    ("AMD EPYC 9R14 (Zen 4)", "avx2 avx512f avx512_bf16", {}, True),
-    ("Sapphire Rapids capped by oneDNN", "avx2 avx512f avx512_bf16 amx_bf16", {"ONEDNN_MAX_CPU_ISA": "AVX2"}, False),
-    ("Sapphire Rapids capped at AVX512_CORE_AMX", "avx2 avx512f avx512_bf16 amx_bf16",
-     {"ONEDNN_MAX_CPU_ISA": "avx512_core_amx"}, True),
-])
-def test_cpu_features_choose_the_kernels(model, flags, env, native):
-    features = kernels.cpu_features(CPUINFO.format(model=model, flags=flags), "x86_64", env)
-    assert features["model"] == model and features["native_bf16"] == native
-    assert kernels._emulated_bf16(features) == (not native)
-    assert not kernels._emulated_bf16(kernels.cpu_features(CPUINFO.format(model=model, flags=flags), "aarch64", env))
-    assert not kernels._emulated_bf16(kernels.cpu_features("", "x86_64", env))  # unknown CPU: F.linear
-
-
-def test_exact_switch_selects_f_linear(emulated):
+def test_exact_switch_selects_f_linear(monkeypatch):
+    force_product(monkeypatch, "fp32")
     weight, x = torch.randn(300, 64).bfloat16(), torch.randn(3, 64).bfloat16()
-    assert kernels.use_cpu_bf16_kernels(x, weight)
-    kernels.use_exact_kernels()  # undone by the fixture's monkeypatch of EXACT
-    assert not kernels.use_cpu_bf16_kernels(x, weight) and "exact" in kernels.kernel_mode()
+    assert kernels.measured(x, weight)
+    kernels.use_exact_kernels()  # undone by force_product's monkeypatch of EXACT
+    assert not kernels.measured(x, weight) and "exact" in kernels.kernel_mode()
     assert torch.equal(kernels.linear(x, weight), F.linear(x, weight))
 
 
-@pytest.mark.parametrize("rows", [1, 3, kernels.FP32_MIN_ROWS, kernels.SWAPPED_MAX_ROWS, 40])
-def test_bf16_linear_matches_f_linear(fast_path, rows):
+@pytest.mark.parametrize("rows", [1, 3, kernels.MV_MAX_ROWS, kernels.FUSED_MAX_ROWS, kernels.SWAPPED_MAX_ROWS, 40])
+def test_bf16_linear_matches_f_linear(product, rows):
     gen = torch.Generator().manual_seed(rows)
     weight = torch.randn(3000, 256, generator=gen).to(torch.bfloat16)
     x = torch.randn(2, rows, 256, generator=gen).to(torch.bfloat16)
@@ -70,17 +47,20 @@ def test_bf16_linear_matches_f_linear(fast_path, rows):
     scale = exact.abs().max()
     assert (ours.double() - exact).abs().max() <= 2 ** -7 * scale
     assert (ours.double() - ref.double()).abs().max() <= 2 ** -7 * scale
+    assert torch.equal(kernels.linear(x, weight), ours)  # a given choice is deterministic
 
 
-def test_workspace_made_in_inference_mode_serves_later_calls(emulated, monkeypatch):
+def test_workspace_made_in_inference_mode_serves_later_calls(monkeypatch):
+    force_product(monkeypatch, "fp32")
     monkeypatch.setattr(kernels._workspace, "buffer", None, raising=False)
-    weight, x = torch.randn(300, 64).bfloat16(), torch.randn(kernels.FP32_MIN_ROWS, 64).bfloat16()
+    weight, x = torch.randn(300, 64).bfloat16(), torch.randn(4, 64).bfloat16()
     with torch.inference_mode():
         first = kernels.linear(x, weight)
     assert torch.equal(kernels.linear(x, weight), first)  # outside inference mode, same workspace
 
 
-def test_fp32_block_path_splits_large_weights(emulated, monkeypatch):
+def test_fp32_block_path_splits_large_weights(monkeypatch):
+    force_product(monkeypatch, "fp32")
     monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", 256 * 100)  # 100-row blocks
     weight = torch.randn(1234, 256).to(torch.bfloat16)
     x = torch.randn(20, 256).to(torch.bfloat16)
@@ -88,7 +68,8 @@ def test_fp32_block_path_splits_large_weights(emulated, monkeypatch):
                           atol=1e-2)
 
 
-def test_fp32_and_biased_linears_are_plain_f_linear(emulated):
+def test_fp32_and_biased_linears_are_plain_f_linear(monkeypatch):
+    force_product(monkeypatch, "fp32")
     weight, bias = torch.randn(64, 32), torch.randn(64)
     x = torch.randn(5, 32)
     assert torch.equal(kernels.linear(x, weight), F.linear(x, weight))
@@ -96,12 +77,11 @@ def test_fp32_and_biased_linears_are_plain_f_linear(emulated):
     assert torch.equal(kernels.linear(xb, wb, bb), F.linear(xb, wb, bb))
 
 
-def test_bf16_generation_with_cpu_kernels_matches_reference_path(emulated, monkeypatch):
+def test_bf16_generation_with_each_product_matches_f_linear(product, monkeypatch):
     model = ZayaForCausalLM.from_pretrained(TINY_HF, dtype=torch.bfloat16)
     prompt = torch.randint(3, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
     ours = model.generate(prompt, max_new_tokens=6, eos_token_id=[])
-    monkeypatch.setattr(kernels, "EMULATED_BF16", False)
-    monkeypatch.setattr(kernels, "NATIVE_BF16", False)  # F.linear everywhere
+    force_product(monkeypatch, "linear")  # F.linear everywhere
     ref = model.generate(prompt, max_new_tokens=6, eos_token_id=[])
     assert (ours == ref).float().mean() > 0.9  # bf16: rounding may flip a near-tie token
 
@@ -128,19 +108,21 @@ def test_bench_end_to_end_on_a_tiny_checkpoint(tmp_path, capsys):
     assert main(["--model", str(TINY_HF), "--backends", "cpu,neuron", "--batches", "1,2", "--new-tokens", "3",
                  "--repeats", "1", "--compile", "off", "--bandwidth-mb", "16", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "neuron: skipped" in text and "zaya1/hf" in text
+    assert "neuron: skipped" in text and "zaya1 vs hf" in text
     assert f"CPU features {'/'.join(kernels.CPU['isa']) or '-'}, torch capability {kernels.CPU['torch']}" in text
+    assert "zaya1 kernels: measured per product shape" in text
     records = json.loads(out.read_text())
-    fractions = [r[side] for r in records if "roofline" in r["metric"] for side in ("zaya1", "hf")]
-    assert fractions and all(0 < f <= 1 for f in fractions)
-    hf_fraction = {(r["metric"], r["batch"]): r["hf"] for r in records if r["metric"] in ("ttft_roofline",
-                                                                                          "decode_roofline")}
-    ceilings = {(r["metric"].replace("_speedup_ceiling", "_roofline"), r["batch"]): r["speedup"]
-                for r in records if r["metric"].endswith("_speedup_ceiling")}
-    assert set(ceilings) == {k for k, f in hf_fraction.items() if f < 1}
-    assert all(ceilings[k] == pytest.approx(1 / hf_fraction[k]) and ceilings[k] > 1 for k in ceilings)
-    assert all(r["zaya1"] is None for r in records if r["metric"].endswith("_speedup_ceiling"))
+    speed = [r for r in records if r["metric"] in ("ttft", "decode")]
+    assert {(r["metric"], r["batch"]) for r in speed} == {("ttft", 1), ("ttft", 2), ("decode", 1), ("decode", 2)}
+    for r in speed:  # the floor first: at most 1 of it, and consistent with the measured figure
+        assert r["floor"] > 0 and all(0 < r[side] <= 1 for side in ("zaya1_of_floor", "hf_of_floor"))
+        measured = r["floor"] / r["zaya1"] if r["metric"] == "ttft" else r["zaya1"] / r["floor"]
+        assert r["zaya1_of_floor"] == pytest.approx(min(measured, 1.0))
+        assert r["speedup"] == pytest.approx(r["hf"] / r["zaya1"] if r["metric"] == "ttft" else r["zaya1"] / r["hf"])
+    header = next(line for line in text.splitlines() if line.startswith("metric"))
+    assert header.split()[3:] == ["unit", "floor", "zaya1", "of", "floor", "hf", "of", "floor", "zaya1", "vs", "hf"]
     assert {r["metric"] for r in records} >= {"bandwidth_read_spread", "contended", "load_average_before"}
-    assert {"metric", "batch", "prompt_len", "zaya1", "hf", "ratio", "unit"} <= set(records[0])
+    assert {"metric", "batch", "prompt_len", "floor", "zaya1", "zaya1_of_floor", "hf", "hf_of_floor", "ratio",
+            "unit"} <= set(records[0])
     decode = {r["batch"]: r for r in records if r["metric"] == "decode"}
     assert set(decode) == {1, 2} and all(r["zaya1"] > 0 and r["hf"] > 0 for r in decode.values())

@@ -29,14 +29,15 @@ GOLDEN_SETS = ("zaya1-original-tiny", "zaya1-original-gqa")
 TOL = 1e-4  # max |dlogit| in float32, against upstream transformers or the golden data
 
 
-def force_bf16_path(monkeypatch, native: bool | None) -> None:
-    """Run zaya1's fast bf16 CPU path of a CPU with native bf16 (True) or without (False, the emulated-bf16
-    kernels), on any CPU; None: this CPU's own. The exact switch is off either way."""
+def force_product(monkeypatch, product: str | None) -> None:
+    """Run zaya1's fast bf16 CPU path with ``product`` (a name of kernels.PRODUCTS) for every product in the
+    row range it is a candidate at (F.linear elsewhere), as a CPU whose measurements chose it would; None:
+    the products measured on this CPU. The exact switch is off either way."""
     from zaya1 import kernels
 
-    if native is not None:
-        monkeypatch.setattr(kernels, "EMULATED_BF16", not native)
-        monkeypatch.setattr(kernels, "NATIVE_BF16", native)
+    if product is not None:
+        low, high = kernels.ROWS[product]
+        monkeypatch.setattr(kernels, "choose", lambda weight, rows: product if low <= rows <= high else "linear")
     monkeypatch.setattr(kernels, "EXACT", False)
 
 

@@ -8,12 +8,14 @@ runner does, on CPU, before a trn2 is rented.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError
 from ..generation import check_token_ids
+from ..kernels import neuron_graph_numerics
 from .model import ZayaNativeForCausalLM
 from .runner import Emulator, Request, Result, load_ranks
 from .spec import KVSpec, LayerSpec, RecurrentLayerSpec, min_block_size
@@ -76,7 +78,8 @@ def emulate(model_dir: str | Path, prompts: list[list[int]], max_new_tokens: int
     requests = [Request(i, list(p), n, tuple(sampling[i]) if sampling else greedy,
                         list(teacher_forcing[i]) if teacher_forcing else None)
                 for i, (p, n) in enumerate(zip(prompts, new))]
-    emulator.run(requests, max_num_seqs)
+    with neuron_graph_numerics() if compile else contextlib.nullcontext():  # the graphs the plugin compiles
+        emulator.run(requests, max_num_seqs)
     return [Result(r.chosen, torch.stack(r.logits), r.cached_tokens) for r in requests]
 
 

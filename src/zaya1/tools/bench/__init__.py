@@ -6,13 +6,14 @@ same dtype and generate from the same random prompts. Measurements alternate bet
 so both see the same machine state (this matters on shared machines), and every figure is the median of
 ``--repeats`` timed runs after a warm-up run.
 
-Figures: TTFT (prefill + first token) per prompt length, decode tokens/s at each batch size, peak RSS above
-the pre-run level (device memory on cuda), KV/state bytes per cached token and per sequence, and the
-fraction of the decode roofline: the weight bytes one decode step must read (``decode_bytes``) divided by
-the memory bandwidth measured at start-up (``measure_bandwidth``).
+Figures: TTFT (prefill + first token) per prompt length and decode tokens/s at each batch size, each set
+against this machine's floor first (``measure_bandwidth``: the weight bytes a decode step must read,
+``decode_bytes``, at the read bandwidth measured at start-up and between the runs; for TTFT also the
+matmul FLOPs at the measured GEMM rate) and against transformers second; peak RSS above the pre-run level
+(device memory on cuda), KV/state bytes per cached token and per sequence.
 
-Output: a table on stdout and, with ``--json FILE``, a list of records
-``{metric, batch, prompt_len, zaya1, hf, ratio, unit, backend}`` with ratio = zaya1 / hf.
+Output: a table on stdout and, with ``--json FILE``, a list of records ``{metric, batch, prompt_len, unit,
+backend, floor, zaya1, zaya1_of_floor, hf, hf_of_floor, ratio, speedup}`` with ratio = zaya1 / hf.
 """
 
 from __future__ import annotations
@@ -162,6 +163,8 @@ def _bench_backend(args, backend, path, cfg, dtype, prompt_lens, batches) -> Tab
         from ...model import ZayaForCausalLM
 
         model = ZayaForCausalLM.from_pretrained(path, dtype=dtype, device=device)
+        print(f"[{backend}] zaya1's default decode for this model: "
+              f"{'compiled layers ([compile] below)' if model.decode_compiled(device) else 'eager'}")
         for compiled in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
             runner = ZayaRunner(model, device, compiled)
             runners[runner.name] = runner

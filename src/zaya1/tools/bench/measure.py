@@ -20,17 +20,16 @@ from ...config import ZayaConfig
 
 
 def describe_machine() -> str:
-    """The CPU (model, the ISA flags that matter for bf16 matmuls, torch's capability, whether oneDNN has
-    native bf16), the kernels zaya1 runs on it, and the software, as one line."""
+    """The CPU (model, the ISA flags that matter for bf16 matmuls, torch's capability, any oneDNN ISA cap),
+    how zaya1 picks its bf16 products on it, and the software, as one line."""
     ram = None
     with contextlib.suppress(OSError, AttributeError):
         ram = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)
     cpu = kernels.CPU
     cap = f", ONEDNN_MAX_CPU_ISA={cpu['onednn_cap']}" if cpu["onednn_cap"] else ""
     return (f"machine: {cpu['model']}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), {ram} GiB "
-            f"RAM; CPU features {'/'.join(cpu['isa']) or '-'}, torch capability {cpu['torch']}{cap}, "
-            f"native bf16 {'yes' if cpu['native_bf16'] else 'no'}; zaya1 kernels: {kernels.kernel_mode()}; "
-            f"torch {torch.__version__}, python {platform.python_version()}")
+            f"RAM; CPU features {'/'.join(cpu['isa']) or '-'}, torch capability {cpu['torch']}{cap}; zaya1 kernels: "
+            f"{kernels.kernel_mode()}; torch {torch.__version__}, python {platform.python_version()}")
 
 
 def sync_for(device: str):

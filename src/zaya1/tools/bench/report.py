@@ -1,5 +1,8 @@
-"""The results: records ``{metric, batch, prompt_len, zaya1, hf, ratio, unit, backend, speedup}`` and the
-printed table, with the roofline fractions against the measured bandwidth."""
+"""The results: records ``{metric, batch, prompt_len, unit, backend, floor, zaya1, zaya1_of_floor, hf,
+hf_of_floor, ratio, speedup}`` and the printed table. Each speed figure is set against this machine's
+measured floor first (the time a run at the measured read bandwidth, or GEMM rate, would take: ``floor`` in
+the figure's unit, ``*_of_floor`` the fraction of it reached) and against transformers second (``ratio`` =
+zaya1 / hf, ``speedup`` > 1 = zaya1 better)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ... import kernels
 from .measure import decode_bytes, prefill_floor
 
 
@@ -17,12 +21,14 @@ class Table:
     records: list = field(default_factory=list)
 
     def add(self, metric: str, batch, prompt_len, zaya1, hf, unit: str, higher_is_better: bool | None = None,
-            speedup: float | None = None):
+            floor: float | None = None, fractions: tuple = (None, None)):
         ratio = zaya1 / hf if zaya1 is not None and hf not in (None, 0) else None
+        speedup = None
         if ratio is not None and higher_is_better is not None and ratio != 0:
             speedup = ratio if higher_is_better else 1 / ratio
-        self.records.append({"metric": metric, "batch": batch, "prompt_len": prompt_len, "zaya1": zaya1, "hf": hf,
-                             "ratio": ratio, "unit": unit, "backend": self.backend, "speedup": speedup})
+        self.records.append({"metric": metric, "batch": batch, "prompt_len": prompt_len, "unit": unit,
+                             "backend": self.backend, "floor": floor, "zaya1": zaya1, "zaya1_of_floor": fractions[0],
+                             "hf": hf, "hf_of_floor": fractions[1], "ratio": ratio, "speedup": speedup})
 
     def render(self) -> str:
         def fmt(v):
@@ -32,11 +38,12 @@ class Table:
                 return f"{int(v):,}"
             return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
 
-        head = ["metric", "batch", "prompt", "zaya1", "hf", "zaya1/hf", "speedup", "unit"]
-        rows = [[r["metric"], fmt(r["batch"]), fmt(r["prompt_len"]), fmt(r["zaya1"]), fmt(r["hf"]), fmt(r["ratio"]),
-                 (fmt(r["speedup"]) + "x") if r["speedup"] is not None else "-", r["unit"]] for r in self.records]
+        head = ["metric", "batch", "prompt", "unit", "floor", "zaya1", "of floor", "hf", "of floor", "zaya1 vs hf"]
+        rows = [[r["metric"], fmt(r["batch"]), fmt(r["prompt_len"]), r["unit"], fmt(r["floor"]), fmt(r["zaya1"]),
+                 fmt(r["zaya1_of_floor"]), fmt(r["hf"]), fmt(r["hf_of_floor"]),
+                 (fmt(r["speedup"]) + "x") if r["speedup"] is not None else "-"] for r in self.records]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-        line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+        line = lambda cells: "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)  # noqa: E731
                                        for i, (c, w) in enumerate(zip(cells, widths)))
         return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
@@ -62,7 +69,7 @@ def jobs(prompt_lens: list[int], batches: list[int]) -> list[tuple[int, int]]:
 
 
 def report(args, backend, cfg, dtype, bw, gflops, loads, runners, hf, results, prompt_lens, batches) -> Table:
-    """The records of one backend, printed. Roofline fractions use the highest read
+    """The records of one backend, printed. Floor fractions use the highest read
     bandwidth observed (at start-up or between the runs); a run that still beats its floor means the
     bandwidth was measured under contention: the fraction is then reported as 1 and the run flagged."""
     table = Table(backend)
@@ -80,10 +87,6 @@ def report(args, backend, cfg, dtype, bw, gflops, loads, runners, hf, results, p
             beaten.append(f"{what} {floor / seconds:.2f}")
         return min(floor / seconds, 1.0)
 
-    def ceiling(hf_fraction, what, batch, prompt_len):  # the speedup of a run at the floor
-        if hf_fraction and hf_fraction < 1:  # (a fraction of 1 is a run that beat its floor: contended)
-            table.add(f"{what}_speedup_ceiling", batch, prompt_len, None, None, "x vs hf", speedup=1 / hf_fraction)
-
     def med(names, batch, prompt_len, attr):
         return _median([getattr(r, attr) for n in names for r in results.get((n, batch, prompt_len), [])])
 
@@ -92,23 +95,18 @@ def report(args, backend, cfg, dtype, bw, gflops, loads, runners, hf, results, p
     for batch, prompt_len in floors:
         z, h = med(runners, batch, prompt_len, "ttft"), med(hf_names, batch, prompt_len, "ttft")
         floor = floors[batch, prompt_len]["seconds"]
-        table.add("ttft", batch, prompt_len, z * 1e3, h * 1e3 if h else None, "ms", higher_is_better=False)
-        hf_fraction = fraction(floor, h, f"hf ttft b={batch}")
-        table.add("ttft_roofline", batch, prompt_len, fraction(floor, z, f"zaya1 ttft b={batch}"), hf_fraction,
-                  "fraction", higher_is_better=True)
-        ceiling(hf_fraction, "ttft", batch, prompt_len)
+        table.add("ttft", batch, prompt_len, z * 1e3, h * 1e3 if h else None, "ms", higher_is_better=False,
+                  floor=floor * 1e3, fractions=(fraction(floor, z, f"zaya1 ttft b={batch}"),
+                                                fraction(floor, h, f"hf ttft b={batch}")))
     for name in runners:
         tag = "" if name == "zaya1" else f"[{name.split('+', 1)[1]}]"
         for batch in batches:
             z, h = med([name], batch, p0, "decode"), med(hf_names, batch, p0, "decode")
             floor = step_bytes[batch] / (read_gbs * 1e9)  # seconds per step at the read bandwidth
             table.add(f"decode{tag}", batch, p0, batch / z if z else None, batch / h if h else None, "tok/s",
-                      higher_is_better=True)
-            hf_fraction = fraction(floor, h, f"hf decode b={batch}")
-            table.add(f"decode_roofline{tag}", batch, p0, fraction(floor, z, f"{name} decode b={batch}"),
-                      hf_fraction, "fraction", higher_is_better=True)
-            if not tag:
-                ceiling(hf_fraction, "decode", batch, p0)
+                      higher_is_better=True, floor=batch / floor,
+                      fractions=(fraction(floor, z, f"{name} decode b={batch}"),
+                                 fraction(floor, h, f"hf decode b={batch}")))
     zaya = next(iter(runners.values()))
     z_weights = _param_bytes(zaya.model) if backend != "neuron" else None
     h_weights = _param_bytes(hf.model) if hf else None
@@ -129,8 +127,6 @@ def report(args, backend, cfg, dtype, bw, gflops, loads, runners, hf, results, p
     table.add("state_per_sequence", None, None, z_seq, h_seq, "bytes", higher_is_better=False)
     for batch in batches:
         table.add("decode_bytes_per_step", batch, p0, step_bytes[batch] * mb, None, "MiB")
-    for prompt_len in prompt_lens:
-        table.add("ttft_floor", 1, prompt_len, floors[1, prompt_len]["seconds"] * 1e3, None, "ms")
     table.add("bandwidth_read", None, None, read_gbs, None, "GB/s")
     table.add("bandwidth_read_spread", None, None, bw.spread(), None, "min/max")
     table.add("bandwidth_copy", None, None, bw.copy_gbs, None, "GB/s")
@@ -142,20 +138,18 @@ def report(args, backend, cfg, dtype, bw, gflops, loads, runners, hf, results, p
 
     print(f"\n[{backend}] {cfg.num_hidden_layers} layers, {args.dtype}; medians of {args.repeats} runs after a "
           f"warm-up; decode = {args.new_tokens} new tokens (tok/s over the steps after the first token); "
-          f"ratio = zaya1/hf, speedup > 1 = zaya1 better; [compile] = zaya1 with compile_decode()")
+          f"[compile] = zaya1 with compile_decode(); {kernels.kernel_mode()}")
     print(table.render())
-    print(f"decode_roofline: bytes one decode step must read (lm_head, attention, router, norms, E(1-(1-1/E)^b) "
-          f"distinct experts per layer for uniform top-1 routing, KV cache, state) at the measured read bandwidth "
-          f"{read_gbs:.1f} GB/s (the best of {len(bw.samples)} samples, spread {bw.spread():.2f}), divided by the "
-          f"measured step time.")
+    print(f"floor: what a run at this machine's measured limits would reach; 'of floor' = the fraction of it reached "
+          f"(1 = at the floor), then 'zaya1 vs hf' = the speedup over transformers (> 1: zaya1 faster; at most "
+          f"1 / hf's fraction, the gain of a run at the floor). decode floor: the bytes one step must read (lm_head, "
+          f"attention, router, norms, E(1-(1-1/E)^b) distinct experts per layer for uniform top-1 routing, KV "
+          f"cache, state) at the read bandwidth {read_gbs:.1f} GB/s (the best of {len(bw.samples)} samples, spread "
+          f"{bw.spread():.2f}). ttft floor: max(the weights read once at {read_gbs:.1f} GB/s, the matmul FLOPs at "
+          f"{gflops:.0f} GFLOP/s).")
     mem, what = ("device_mem", "allocated device memory") if backend == "cuda" else ("peak_rss", "resident set")
     print(f"{mem}: weights + {mem}_working, the peak {what} above its level before a generate call (prefill + "
           f"decode; on CPU it depends on the allocator: memory freed earlier is reused without growing RSS).")
-    print(f"ttft_roofline: ttft_floor = max(weights read once at {read_gbs:.1f} GB/s, matmul FLOPs at "
-          f"{gflops:.0f} GFLOP/s) divided by the measured TTFT.")
-    if hf:
-        print("*_speedup_ceiling: 1 / hf's roofline fraction, the speedup over transformers of a run at the measured "
-              "floor: the most any implementation could gain in this run.")
     if contended:
         print("CONTENDED: " + (f"runs beat their floor ({', '.join(beaten)}): the bandwidth was measured while other "
                                f"processes used the memory, so those fractions are reported as 1; " if beaten else "")
