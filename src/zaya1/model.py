@@ -24,7 +24,7 @@ from .generation import check_token_ids, generate
 from .hf_export import save_pretrained
 from .kernels import Linear, cached_choice, linear
 from .moe import RMSNorm, ZayaMoE
-from .sharding import AttentionShard, LocalComm, padded_vocab
+from .sharding import AttentionShard, LocalComm, cca_state_shapes, padded_vocab
 
 
 # parameters here that transformers holds as buffers (or does not have): not counted by num_parameters
@@ -154,9 +154,10 @@ class ZayaModel(nn.Module):
 
     def zero_states(self, batch: int, device=None) -> list:
         """(conv_state [B, C, K-1], value_state [B, Cv]) per layer for sequences that start now."""
-        cfg, shard, ref = self.config, self.shard, self.embed_tokens.weight
-        conv = ref.new_zeros(batch, (shard.q_heads + shard.kv_heads) * cfg.head_dim, cfg.conv_state_len, device=device)
-        value = ref.new_zeros(batch, shard.kv_heads * cfg.head_dim, device=device)
+        cfg, ref = self.config, self.embed_tokens.weight
+        conv_shape, value_shape = cca_state_shapes(cfg, self.comm.world_size)
+        conv = ref.new_zeros(batch, *conv_shape, device=device)
+        value = ref.new_zeros(batch, *value_shape, device=device)
         return [(conv, value)] * cfg.num_hidden_layers
 
     def forward(self, input_ids, positions, token_mask, lengths, states, past=None, dispatch="blockwise",
@@ -221,9 +222,9 @@ class ZayaState(nn.Module):
         kv_shape = (layers, max_batch, shard.kv_heads, max_seq, d)
         self.register_buffer("keys", ref.new_zeros(kv_shape), persistent=False)
         self.register_buffer("values", ref.new_zeros(kv_shape), persistent=False)
-        channels = (shard.q_heads + shard.kv_heads) * d
-        self.register_buffer("conv", ref.new_zeros(layers, max_batch, channels, cfg.conv_state_len), persistent=False)
-        self.register_buffer("value_prev", ref.new_zeros(layers, max_batch, shard.kv_heads * d), persistent=False)
+        conv_shape, value_shape = cca_state_shapes(cfg, model.comm.world_size)
+        self.register_buffer("conv", ref.new_zeros(layers, max_batch, *conv_shape), persistent=False)
+        self.register_buffer("value_prev", ref.new_zeros(layers, max_batch, *value_shape), persistent=False)
 
     def nbytes_per_token(self) -> int:
         return 2 * self.keys[:, 0, :, 0].numel() * self.keys.element_size()

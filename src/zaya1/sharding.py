@@ -48,6 +48,14 @@ class AttentionShard:
         return cls(nq // tp, 1, nq // tp == nq // nkv)
 
 
+def cca_state_shapes(config: ZayaConfig, tp: int) -> tuple[tuple[int, int], tuple[int]]:
+    """One layer's CCA state on a rank: conv [(q heads + KV heads) x head_dim, conv_state_len] (the packed
+    q/k columns), value [KV heads x head_dim] (KV heads replicated beyond nkv ranks)."""
+    shard = AttentionShard.for_tp(config, tp)
+    return (((shard.q_heads + shard.kv_heads) * config.head_dim, config.conv_state_len),
+            (shard.kv_heads * config.head_dim,))
+
+
 def check_tp(config: ZayaConfig, tp: int) -> None:
     nq, nkv = config.num_attention_heads, config.num_key_value_heads
     if not isinstance(tp, int) or tp < 1:

@@ -27,7 +27,7 @@ from ..checkpoint import load_into, resolve_dtype
 from ..config import ZayaConfig
 from ..errors import ConfigError, InputError
 from ..model import ZayaForCausalLM
-from ..sharding import AttentionShard, LocalComm, rank_state_dict
+from ..sharding import LocalComm, cca_state_shapes, rank_state_dict
 from . import paged
 from .sampler import sample
 from .spec import KVSpec, LayerSpec, RecurrentLayerSpec
@@ -39,14 +39,6 @@ def attention_name(layer: int) -> str:
 
 def state_name(layer: int) -> str:
     return f"layers.{layer}.cca_state"
-
-
-def state_shapes(config: ZayaConfig, tp: int) -> tuple[tuple[int, int], tuple[int]]:
-    """One layer's CCA state per rank: conv [(q heads + KV heads) x head_dim, conv_state_len], value [KV heads
-    x head_dim] (KV heads replicated beyond 2 ranks, as zaya1.sharding plans them)."""
-    shard = AttentionShard.for_tp(config, tp)
-    channels = (shard.q_heads + shard.kv_heads) * config.head_dim
-    return (channels, config.conv_state_len), (shard.kv_heads * config.head_dim,)
 
 
 class VllmTPComm:
@@ -84,7 +76,7 @@ class ZayaNativeForCausalLM(nn.Module):
         super().__init__()
         self.config, self.comm = config, comm or LocalComm()
         self.lm = ZayaForCausalLM(config, self.comm).to(dtype)
-        (channels, state_len), (value_channels,) = state_shapes(config, self.comm.world_size)
+        (channels, state_len), (value_channels,) = cca_state_shapes(config, self.comm.world_size)
         self.state_layout = paged.StateLayout(channels, state_len, value_channels)
         self.kv_pages: list[torch.Tensor] = []
         self.state_rows: list[torch.Tensor] = []
@@ -103,7 +95,7 @@ class ZayaNativeForCausalLM(nn.Module):
     def get_mamba_state_shape_from_config(cls, vllm_config):
         """vLLM's hook for hybrid models (state pages are set up only with it): the per-rank state shapes."""
         config = ZayaConfig.from_dict(vllm_config.model_config.hf_config.to_dict())
-        return state_shapes(config, vllm_config.parallel_config.tensor_parallel_size)
+        return cca_state_shapes(config, vllm_config.parallel_config.tensor_parallel_size)
 
     @classmethod
     def get_mamba_state_dtype_from_config(cls, vllm_config):
@@ -135,7 +127,7 @@ class ZayaNativeForCausalLM(nn.Module):
         # semantics could not be verified here. Costs their pages outside the window.
         spec = KVSpec(
             [LayerSpec(attention_name(i), shard.kv_heads, cfg.head_dim, self.dtype) for i in range(cfg.num_hidden_layers)],
-            [RecurrentLayerSpec(state_name(i), state_shapes(cfg, self.comm.world_size), (self.dtype, self.dtype))
+            [RecurrentLayerSpec(state_name(i), cca_state_shapes(cfg, self.comm.world_size), (self.dtype, self.dtype))
              for i in range(cfg.num_hidden_layers)])
         try:
             from vllm_neuron.model import kv_cache  # the native plugin, when installed
