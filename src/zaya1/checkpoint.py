@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from .config import FP8, MXFP4, ZayaConfig
 from .errors import CheckpointError, CheckpointNotFoundError, InputError
 from .generation_config import GenerationDefaults
+from .quantization import QuantizedWeight, quantize
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -288,6 +289,8 @@ def load_into(model: torch.nn.Module, cfg: ZayaConfig, path: str | Path, check_f
     table = KEY_TABLES[cfg.layout](cfg)
     _check_keys(cfg, table, set(files), path)
     params = dict(model.named_parameters()) | dict(model.named_buffers())
+    # experts the model holds quantized while the checkpoint stores them dense (expert_dtype): quantized here
+    quantizing = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedWeight)}
     by_file: dict[Path, list[str]] = {}
     for key in table:
         by_file.setdefault(files[key], []).append(key)
@@ -299,7 +302,11 @@ def load_into(model: torch.nn.Module, cfg: ZayaConfig, path: str | Path, check_f
             with _open(file) as f:
                 for key in run:
                     target, index = table[key]
-                    dest = params[target].data if index is None else params[target].data[index]
+                    if target in quantizing:
+                        dest = torch.empty(quantizing[target].shape, device="meta")
+                        dest = dest if index is None else dest[index]
+                    else:
+                        dest = params[target].data if index is None else params[target].data[index]
                     try:
                         dtype = f.get_slice(key).get_dtype()
                     except (SafetensorError, OSError) as exc:
@@ -329,15 +336,30 @@ def load_into(model: torch.nn.Module, cfg: ZayaConfig, path: str | Path, check_f
                     if check_finite and stored is _FLOAT_STORAGE and not torch.isfinite(tensor).all():
                         raise CheckpointError(f"{file}: tensor {key!r} contains NaN or inf values; the checkpoint "
                                               f"is damaged: download it again.")
-                    dest.copy_(tensor)
+                    if target in quantizing:
+                        _write_quantized(quantizing[target], index, tensor)
+                    else:
+                        dest.copy_(tensor)
                     bar.update()
     for key, tensor in derived_tensors(cfg).items():
         params[key].data.copy_(tensor)
 
 
-def load_model(cls, path, dtype=torch.float32, device="cpu", check_finite: bool = False, **config_overrides):
+def _write_quantized(weight: QuantizedWeight, index, dense: torch.Tensor) -> None:
+    """Quantize ``dense`` (the stored dtype's values) into ``weight``'s codes and scales at ``index``, one
+    expert at a time for a stacked tensor (bounded scratch memory)."""
+    for e, part in enumerate(dense.unbind(0) if index is None else [dense]):
+        where = e if index is None else index
+        codes, scale = quantize(weight.kind, part)
+        weight.codes.data[where].copy_(codes)
+        weight.scale.data[where].copy_(scale)
+
+
+def load_model(cls, path, dtype=torch.float32, device="cpu", check_finite: bool = False,
+               expert_dtype: str | None = None, **config_overrides):
     """Build ``cls`` (ZayaForCausalLM) from a checkpoint directory: weights allocated once, in ``dtype``, on
-    ``device``, then filled tensor by tensor (peak memory ~ one model + the largest tensor)."""
+    ``device``, then filled tensor by tensor (peak memory ~ one model + the largest tensor). ``expert_dtype``
+    "fp8" holds dense experts as fp8 codes and row scales (ZayaConfig.with_expert_dtype)."""
     path = Path(path)
     if path.exists() and not path.is_dir():  # a missing path is reported by ZayaConfig.from_pretrained
         raise CheckpointNotFoundError(f"{path} is a file, not a checkpoint directory. Pass the directory that holds "
@@ -348,7 +370,7 @@ def load_model(cls, path, dtype=torch.float32, device="cpu", check_finite: bool 
     cfg = ZayaConfig.from_pretrained(path, **config_overrides)
     if dtype == "auto":
         dtype = resolve_dtype(dtype, cfg)
-    model = cls.empty(cfg, dtype=dtype, device=device)
+    model = cls.empty(cfg.with_expert_dtype(expert_dtype, str(path)), dtype=dtype, device=device)
     load_into(model, cfg, path, check_finite=check_finite)
     model.eval()
     model.generation_config = GenerationDefaults.from_pretrained(path)

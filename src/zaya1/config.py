@@ -30,6 +30,7 @@ LAYOUTS = ("original", "hf")
 # weights "float-quantized" with activations quantized, "naive-quantized" without
 FP8, MXFP4 = "fp8", "mxfp4"
 EXPERT_FORMATS = (FP8, MXFP4)
+QUANTIZE_TO = (FP8,)  # the formats zaya1 writes from dense experts (quantization.quantize)
 MX_GROUP = 32
 _FORMATS = {"float-quantized": FP8, "naive-quantized": FP8, "mxfp4-pack-quantized": MXFP4}
 # canonical fields that Hugging Face-style configs carry under the same names (vLLM's ModelConfig, NxDI's
@@ -242,6 +243,20 @@ class ZayaConfig:
 
     def replace(self, **changes: Any) -> "ZayaConfig":
         return dataclasses.replace(self, **changes)
+
+    def with_expert_dtype(self, expert_dtype: str | None, where: str = "the checkpoint") -> "ZayaConfig":
+        """The config of a model that holds the experts as ``expert_dtype``: None keeps them as stored;
+        "fp8" quantizes dense experts when they are loaded (a checkpoint already in fp8 loads as it is)."""
+        if expert_dtype in (None, self.expert_quantization):
+            return self
+        if expert_dtype not in QUANTIZE_TO:
+            raise ConfigError(f"expert_dtype={expert_dtype!r} is not supported: pass None (experts as stored) or "
+                              f"one of {QUANTIZE_TO} (quantized when loaded).")
+        if self.expert_quantization is not None:
+            raise ConfigError(f"{where} stores {self.expert_quantization} experts: expert_dtype={expert_dtype!r} would "
+                              f"quantize them twice. Load them as stored (leave expert_dtype unset) or use a bf16 "
+                              f"checkpoint.")
+        return self.replace(expert_quantization=expert_dtype)
 
 
 _FIELD_NAMES = {f.name for f in dataclasses.fields(ZayaConfig)}

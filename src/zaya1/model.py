@@ -263,15 +263,19 @@ class ZayaForCausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str = torch.float32, device="cpu",
-                        check_finite: bool = False, torch_dtype=None, **config_overrides):
+                        check_finite: bool = False, torch_dtype=None, expert_dtype: str | None = None,
+                        **config_overrides):
         """Load a checkpoint directory of either layout. ``dtype="auto"`` takes the dtype config.json declares
         (``torch_dtype`` is transformers 4's name for ``dtype``); ``check_finite=True`` refuses a tensor holding
         NaN or inf (CheckpointError naming it); the generation defaults of
-        generation_config.json become ``model.generation_config``. As simulated tensor-parallel ranks:
+        generation_config.json become ``model.generation_config``. ``expert_dtype="fp8"`` keeps the experts of
+        a dense checkpoint as fp8 codes with row scales, quantized while loading as compressed-tensors
+        quantizes them (zaya1.quantization; half the memory, dequantized per use). As simulated tensor-parallel ranks:
         ``zaya1.simulated_tp.from_pretrained(path, tp_degree)``."""
         if torch_dtype is not None:
             dtype = torch_dtype
-        return load_model(cls, path, dtype=dtype, device=device, check_finite=check_finite, **config_overrides)
+        return load_model(cls, path, dtype=dtype, device=device, check_finite=check_finite, expert_dtype=expert_dtype,
+                          **config_overrides)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write this model as a Hugging Face-layout checkpoint (config.json, model.safetensors in the model's

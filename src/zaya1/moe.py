@@ -174,8 +174,8 @@ class ZayaExperts(nn.Module):
         go into the product and the row scales multiply its result, so a traced graph reads one byte per
         weight and never holds a dequantized copy (the eager CPU path dequantizes: ``grouped``)."""
         if isinstance(proj, QuantizedWeight) and proj.kind == FP8:
-            codes, scale = proj.codes[index].to(x.dtype), proj.scale[index].to(x.dtype)  # [n, N, K], [n, N, 1]
-            return torch.bmm(x, codes.transpose(1, 2)) * scale.transpose(1, 2)
+            codes, scale = proj.stored(index)  # [n, N, K], [n, N, 1]
+            return torch.bmm(x, codes.to(x.dtype).transpose(1, 2)) * scale.to(x.dtype).transpose(1, 2)
         return torch.bmm(x, proj[index].transpose(1, 2))
 
     def gather(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

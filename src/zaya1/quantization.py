@@ -12,6 +12,11 @@ The formats, as config.json's ``quantization_config`` (``quant_method`` "compres
   module: ``weight_packed`` (uint8 [N, K / 2], two codes a byte, the even column in the low nibble) and
   ``weight_scale`` (uint8 [N, K / 32], e8m0: 2 ** (s - 127)). w = e2m1(code) * 2 ** (s - 127).
 
+``quantize`` writes fp8 experts from dense ones (``from_pretrained(expert_dtype="fp8")``, ``zaya1 compile
+--expert-dtype fp8``) with compressed-tensors' arithmetic for its fp8 channel scheme (llm-compressor's
+FP8_DYNAMIC weights), so a bf16 checkpoint quantized here holds the codes and scales that compressed-tensors
+writes for it (test_quantized_experts.py compares them bit for bit).
+
 Both are the dequantization transformers' loader applies to compressed-tensors MoE experts (its
 ``CompressedTensorsDequantize``, itself compressed-tensors' decompressor for mxfp4); activations are not
 quantized (dynamic input-activation schemes such as FP8_DYNAMIC are computed from unquantized activations,
@@ -24,12 +29,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import FP8, MX_GROUP
+from .config import FP8, MX_GROUP, QUANTIZE_TO
+from .errors import ConfigError
 
 # e2m1 magnitudes by the code's low three bits; bit 3 is the sign
 E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 _CODES = torch.tensor(E2M1 + tuple(-v for v in E2M1))  # by 4-bit code
 _BYTES = torch.stack([_CODES.repeat(16), _CODES.repeat_interleave(16)], dim=-1)  # byte -> (low, high) [256, 2]
+FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 
 
 def storage(kind: str, rows: int, cols: int) -> tuple[tuple[int, int, torch.dtype], tuple[int, int, torch.dtype]]:
@@ -50,8 +57,22 @@ def dequantize(kind: str, codes: torch.Tensor, scale: torch.Tensor, dtype: torch
     return (values.unflatten(-1, (-1, MX_GROUP)) * factor[..., None]).flatten(-2).to(dtype)
 
 
+def quantize(kind: str, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense weights [..., N, K] -> (codes float8_e4m3fn [..., N, K], row scales float32 [..., N, 1]),
+    computed in ``weight``'s dtype as compressed-tensors does (``calculate_qparams`` then ``_quantize``):
+    scale = max |row| / 448 (a zero row takes the dtype's eps), codes = clamp(w / scale, -448, 448) in e4m3."""
+    if kind not in QUANTIZE_TO:
+        raise ConfigError(f"expert_dtype={kind!r}: zaya1 quantizes experts to {', '.join(QUANTIZE_TO)} only; "
+                          f"load a checkpoint stored as {kind} instead.")
+    scale = weight.abs().amax(-1, keepdim=True) / FP8_MAX
+    scale = torch.where(scale == 0, torch.finfo(scale.dtype).eps, scale)
+    codes = torch.clamp(weight / scale, -FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return codes, scale.to(torch.float32)
+
+
 class QuantizedWeight(nn.Module):
-    """A stacked expert weight [E, N, K] kept as stored (``codes``, ``scale``: see ``storage``). Indexing
+    """A stacked expert weight [E, N, K] kept as stored (``codes``, ``scale``: see ``storage``; buffers, frozen
+    parameters under NxD). Indexing
     dequantizes: ``w[idx]`` is the dense weight of the experts ``idx`` selects, in the model dtype, so the
     experts' code reads it as it reads a dense parameter. A model dtype cast (``model.to(torch.bfloat16)``)
     changes that compute dtype and leaves the stored tensors as they are."""
@@ -67,16 +88,25 @@ class QuantizedWeight(nn.Module):
     def device(self) -> torch.device:
         return self.codes.device
 
+    def stored(self, index) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes, scale) of the experts ``index`` selects; a 1-D index tensor through index_select (torch
+        < 2.10 has no advanced indexing of fp8 tensors on CPU, which NxDI's CPU mode runs)."""
+        if isinstance(index, torch.Tensor) and index.dim() == 1:
+            return torch.index_select(self.codes, 0, index), torch.index_select(self.scale, 0, index)
+        return self.codes[index], self.scale[index]
+
     def __getitem__(self, index) -> torch.Tensor:
-        return dequantize(self.kind, self.codes[index], self.scale[index], self.dtype)
+        return dequantize(self.kind, *self.stored(index), self.dtype)
 
     def _apply(self, fn, recurse=True):
         probe = fn(torch.empty(0, dtype=self.dtype, device=self.codes.device))
-        stored = {name: getattr(self, name) for name in ("codes", "scale")}
+        stored = {name: getattr(self, name).data for name in ("codes", "scale")}  # .data: a parameter is cast in place
         super()._apply(fn, recurse)
         for name, before in stored.items():
             if getattr(self, name).dtype != before.dtype:  # a dtype cast: keep the stored format
-                setattr(self, name, before.to(getattr(self, name).device))
+                kept = before.to(getattr(self, name).device)
+                # parameters on NxD (zaya1.neuron.modeling.mark_sharded), buffers otherwise
+                setattr(self, name, nn.Parameter(kept, requires_grad=False) if name in self._parameters else kept)
         self.dtype = probe.dtype
         return self
 

@@ -239,6 +239,41 @@ def case_odd_vocab(tp: int, root: str) -> dict:
             "last_column_vs_cpu": diff(logits[..., -1], expected[..., -1])}
 
 
+def bf16_checkpoint(root: Path, name: str = "gqa") -> Path:
+    """The golden HF-layout model stored in bf16, as the published ZAYA1 checkpoints are (``--expert-dtype fp8``
+    quantizes in the stored dtype)."""
+    src, dst = golden_dir(name, "hf"), root / f"{name}-bf16"
+    if not (dst / "model.safetensors").is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        weights = {k: v if "balancing" in k else v.to(torch.bfloat16)
+                   for k, v in load_file(str(src / "model.safetensors")).items()}
+        save_file(weights, str(dst / "model.safetensors"))
+        (dst / "config.json").write_text((src / "config.json").read_text())
+    return dst
+
+
+def case_fp8_experts(tp: int, root: str) -> dict:
+    """``expert_dtype="fp8"`` (zaya1 compile --expert-dtype fp8) from a bf16 checkpoint: NxD shards and loads
+    the fp8 codes and row scales as they are (1 byte per expert weight on every rank) and the graphs give the
+    CPU model's fp8 logits (whose quantization equals compressed-tensors' and whose logits equal transformers
+    + compressed-tensors: test/unit/test_quantized_experts.py)."""
+    path = bf16_checkpoint(Path(root))
+    model = neuron_model(path, tp, overrides={"expert_dtype": "fp8"})
+    cpu = ZayaForCausalLM.from_pretrained(path, expert_dtype="fp8")
+    dense = ZayaForCausalLM.from_pretrained(path)
+    prompts = golden("gqa")["a_input_ids"]
+    tokens = cpu.generate(prompts, max_new_tokens=8, eos_token_id=[])[:, prompts.shape[1]:]
+    ours = model.generate(prompts, max_new_tokens=8, eos_token_id=[])[:, prompts.shape[1]:]
+    logits = teacher_forced_logits(model, prompts, tokens[:, :-1])
+    experts = model.context_encoding_model.model.model.layers[0].mlp.experts
+    local = cpu.config.moe_intermediate_size // tp
+    return {"vs_cpu": diff(logits, teacher_forced_logits(cpu, prompts, tokens[:, :-1])),
+            "vs_dense_bf16_weights": diff(logits, teacher_forced_logits(dense, prompts, tokens[:, :-1])),
+            "tokens_equal": bool((ours == tokens).all()), "codes_dtype": str(experts.gate_up_proj.codes.dtype),
+            "codes_shape": list(experts.gate_up_proj.codes.shape), "local_rows": 2 * local,
+            "manifest_expert_dtype": model.manifest.expert_dtype}
+
+
 def case_nxdi_logit_check(tp: int, root: str, tokens: int = 16) -> dict:
     """NxDI's check_accuracy_logits_v2 as zaya1.neuron.accuracy runs it (NxDI's HF adapter generating with
     min_new_tokens, then logit_validation, here shims/validation_equivalent.py) with torch_neuronx's default
@@ -363,6 +398,7 @@ CASES = {
     "on_device_greedy": lambda tp, root: case_on_device_greedy(tp),
     "on_device_sampling": lambda tp, root: case_on_device_sampling(tp),
     "nxdi_logit_check": case_nxdi_logit_check,
+    "fp8_experts": case_fp8_experts,
 }
 
 

@@ -2,7 +2,7 @@
 
 Run as a script (a fresh process: NxD's parallel state is per process):
 
-    python lower_graphs.py --model DIR|real-width --tp 4 --out graphs.json [--execute]
+    python lower_graphs.py --model DIR|real-width --tp 4 --out graphs.json [--execute] [--expert-dtype fp8]
 
 The model is built the way NxD's tracer builds rank 0 (``mock_distributed`` + ``initialize_model_parallel``;
 trace/model_builder.py), so every module has one rank's shapes at the given tp, and its collectives lower to
@@ -91,6 +91,7 @@ def main() -> None:
     p.add_argument("--bucket", type=int, default=32, help="context-encoding bucket")
     p.add_argument("--tkg-buckets", default="32,64", help="token-generation buckets (KV lengths) to lower")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--expert-dtype", choices=("model", "fp8"), default="model")
     p.add_argument("--execute", action="store_true")
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -100,11 +101,12 @@ def main() -> None:
                           max_context_length=args.bucket, torch_dtype=getattr(torch, args.dtype),
                           is_continuous_batching=cb,
                           ctx_batch_size=1 if cb else args.batch)
+    expert_dtype = None if args.expert_dtype == "model" else args.expert_dtype
     if args.model == "real-width":
-        zaya = ZayaConfig(**REAL_WIDTH)
+        zaya = ZayaConfig(**REAL_WIDTH).with_expert_dtype(expert_dtype)
         config = ZayaInferenceConfig(nc, load_config=lambda c: setattr(c, "zaya", zaya.to_dict()))
     else:
-        config = ZayaInferenceConfig.from_checkpoint(args.model, nc)
+        config = ZayaInferenceConfig.from_checkpoint(args.model, nc, expert_dtype=expert_dtype)
     b, s = args.batch, args.bucket
     cte_b = nc.ctx_batch_size
     graphs = {"cte": (inputs(cte_b, s, lengths=[s, max(1, s // 3)][:cte_b] + [s] * (cte_b - 2)), s),
@@ -118,8 +120,8 @@ def main() -> None:
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=args.tp, skip_collective_init=True)
         model = NeuronZayaModel(config).eval().to(nc.torch_dtype)  # NxDI casts every float param (cast_type)
         for param in model.parameters():  # random weights (the math is what is lowered), none left empty
-            if param.is_floating_point():
-                param.normal_(0, 0.02)
+            if param.is_floating_point():  # fp8 codes: drawn in float32 (no normal_ in fp8)
+                param.copy_(torch.empty(param.shape).normal_(0, 0.02))
         eager = None
         if args.execute:  # the same weights, run eagerly on CPU (NxDI's CPU mode)
             os.environ["NXD_CPU_MODE"] = "1"

@@ -33,7 +33,15 @@ MODELS = {
                                "--tkg-buckets", "1024"]),
     "real-width-tp4-b1-bf16": (["--model", "real-width", "--tp", "4", "--batch", "1", "--bucket", "128",
                                 "--tkg-buckets", "256", "--dtype", "bfloat16"]),
+    # zaya1 compile --expert-dtype fp8: executed at tp 1, and at real width the graphs NxDI traces
+    "gqa-tp1-fp8": (["--model", str(GOLDEN / "zaya1-original-gqa" / "hf-layout"), "--tp", "1", "--execute",
+                     "--expert-dtype", "fp8"]),
+    "real-width-tp4-b1-bf16-fp8": (["--model", "real-width", "--tp", "4", "--batch", "1", "--bucket", "128",
+                                    "--tkg-buckets", "256", "--dtype", "bfloat16", "--expert-dtype", "fp8"]),
 }
+# real-width fp8 experts of one tp-4 rank: gate_up codes [16 experts, 2 x 2048 / 4, 2048]; token generation
+# gathers the one expert a row selects, still in fp8
+FP8_GATE_UP, FP8_GATHERED = "f8e4m3fn[16,1024,2048]", "f8e4m3fn[1,1024,2048]"
 # blockwise MoE rows of a context bucket: [blocks, block, hidden], 16 experts + (tokens - 16) // block blocks
 MOE_BLOCKS = {"real-width-tp4-b1": "f32[16,128,2048]", "real-width-tp4-ctx512": "f32[17,256,2048]"}
 HEAD_DIM = 128  # ZAYA1's (ZayaConfig's default)
@@ -81,6 +89,11 @@ def test_lowering(name, tmp_path):
         assert MOE_BLOCKS[name] in graphs["cte"]["hlo"], name
     for g in tkg:  # the CCA state is written by selects: the only scatters are NxDI's K and V writes
         assert graphs[g]["ops"].get("scatter", 0) == 2 * result["layers"], (g, graphs[g]["ops"].get("scatter"))
-    if name.endswith("bf16"):  # the q/k L2 norm sums its squares in fp32, not in a bf16 reduce over head_dim
+    if name.startswith("real-width") and name.endswith("fp8"):  # one byte per expert weight, nothing widened
+        for g in tkg:  # before the gather (no dense copy of every expert)
+            hlo = graphs[g]["hlo"]
+            assert FP8_GATE_UP in hlo and FP8_GATHERED in hlo, g
+            assert "bf16[16,1024,2048]" not in hlo and "f32[16,1024,2048]" not in hlo, g
+    if "bf16" in name:  # the q/k L2 norm sums its squares in fp32, not in a bf16 reduce over head_dim
         for g, r in graphs.items():
             assert HEAD_DIM not in half_precision_reductions(r["hlo"]), (g, half_precision_reductions(r["hlo"]))

@@ -50,6 +50,10 @@ def check(name: str, r: dict) -> None:
         assert r["positions_validated"] == [16, 16] and r["validations_run"] == 2, r
         assert r["max_error_all_columns"] <= 1e-4 and r["eos_masked_in_golden"] and r["golden_tokens_without_eos"], r
         assert r["scaled_golden"] == "Test fails logit validation.", r
+    elif name == "fp8_experts":
+        assert r["vs_cpu"] <= TOL and r["tokens_equal"] and r["manifest_expert_dtype"] == "fp8", r
+        assert r["vs_dense_bf16_weights"] > 10 * TOL, r  # the experts really are quantized
+        assert r["codes_dtype"] == "torch.float8_e4m3fn" and r["codes_shape"][1] == r["local_rows"], r
     elif name == "on_device_sampling":
         # 512 draws: sampling noise alone gives ~0.08; temperature applied twice would be much further
         assert r["total_variation"] < 0.15 < r["total_variation_if_applied_twice"], r

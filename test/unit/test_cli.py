@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -144,9 +145,6 @@ def test_demo_honours_dtype_and_tp_degree(capsys):
     (["compile", "--model-path", GOLDEN, "--compiled-model-path", "/tmp/x", "--buckets", "a", "--tp-degree", 1,
       "--seq-len", 256, "--max-context-length", 128, "--dry-run"],
      ["zaya1 compile: error: --buckets 'a' must be comma-separated positive integers"]),
-    (["compile", "--model-path", GOLDEN, "--compiled-model-path", "/tmp/x", "--tp-degree", 1, "--seq-len", 256,
-      "--max-context-length", 128, "--expert-dtype", "fp8"],
-     ["zaya1 compile: error: --expert-dtype fp8 is not compiled yet", "--dry-run"]),
 ])
 def test_one_line_errors(capsys, argv, fragments):
     if "cuda:7" in argv and torch.cuda.device_count() > 7:
@@ -184,6 +182,28 @@ def test_compile_command_and_script(command):
                           "--tp-degree", "1", "--seq-len", "256", "--max-context-length", "128", "--dry-run"], capture_output=True, text=True, cwd=root, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "dry run: settings valid" in out.stdout and "ZAYA1 original layout" in out.stdout
+
+
+def test_compile_dry_run_with_fp8_experts(capsys):
+    """--expert-dtype fp8 plans fp8 experts (1 byte per expert weight + fp32 row scales, from the golden
+    config's own shapes) and records them in the manifest a compile would write."""
+    argv = ["compile", "--model-path", GOLDEN / "hf-layout", "--compiled-model-path", "/tmp/x", "--tp-degree", 1,
+            "--seq-len", 256, "--max-context-length", 128, "--dry-run"]
+    plans = {}
+    for flag in ([], ["--expert-dtype", "fp8"]):
+        code, out, err = run(capsys, *argv, *flag)
+        assert code == 0, err
+        plans[bool(flag)] = out
+    assert "experts fp8" in plans[True] and "experts fp8" not in plans[False]
+    assert "experts model" in plans[False]
+    config = zaya1.ZayaConfig.from_pretrained(GOLDEN / "hf-layout")
+    expert_weights = config.num_hidden_layers * config.num_experts * 3 * config.hidden_size * config.moe_intermediate_size
+    scales = config.num_hidden_layers * config.num_experts * (2 * config.moe_intermediate_size + config.hidden_size)
+
+    def weight_mib(out: str) -> float:
+        return float(re.search(r"per rank bytes: weights ([\d.,]+) MiB", out).group(1).replace(",", ""))
+    saved = (2 * expert_weights - (expert_weights + 4 * scales)) / 2 ** 20  # bf16 (--dtype's default) -> fp8
+    assert abs(weight_mib(plans[False]) - weight_mib(plans[True]) - saved) <= 0.01
 
 
 @pytest.mark.parametrize("command", [["zaya1", "compile"], ["zaya1", "generate"], ["scripts/check_accuracy.py"]])

@@ -43,6 +43,12 @@ def compressed_tensors():
     return compressed_tensors
 
 
+def bf16_state(hf) -> dict[str, torch.Tensor]:
+    """``hf``'s checkpoint tensors in bf16 (the published checkpoints' dtype), router balancing biases fp32."""
+    return {k: v.to(torch.bfloat16) if "balancing" not in k else v for k, v in hf.state_dict().items()
+            if "rotary" not in k and k != "lm_head.weight"}
+
+
 def write_quantized(hf, path, preset: str) -> None:
     """``hf``'s weights with every expert projection quantized by compressed-tensors: its per-expert Linear
     modules get the preset's scheme, weight scales from min/max (``calculate_qparams``, as llm-compressor's
@@ -55,8 +61,7 @@ def write_quantized(hf, path, preset: str) -> None:
     from compressed_tensors.quantization.utils import calculate_qparams
 
     config, size = hf.config, hf.config.moe_intermediate_size
-    dense = {k: v.to(torch.bfloat16) if "balancing" not in k else v for k, v in hf.state_dict().items()
-             if "rotary" not in k and k != "lm_head.weight"}
+    dense = bf16_state(hf)
     experts = nn.Module()  # the projections under their checkpoint names
     for i in range(config.num_hidden_layers):
         gate_up = dense.pop(f"model.layers.{i}.mlp.experts.gate_up_proj")
@@ -266,3 +271,58 @@ def test_native_decode_graph_reads_one_byte_per_fp8_expert_weight(quantized, den
     assert graphs["fp8"].custom_calls == 0 and graphs["fp8"].dynamic_dims == 0
     assert graphs["bf16"].gathered_bytes - graphs["fp8"].gathered_bytes == c.num_hidden_layers * bucket.rows * per_row
     assert graphs["bf16"].weight_bytes == graphs["fp8"].weight_bytes
+
+
+# ---------------------------------------------------------------------------------------------- fp8 from bf16
+@pytest.fixture(scope="module")
+def bf16_pair(dense, tmp_path_factory):
+    """The tiny model as a bf16 checkpoint, and the FP8_DYNAMIC checkpoint compressed-tensors writes from it
+    (channel scales, as llm-compressor quantizes a bf16 model); transformers + compressed-tensors loads the
+    second as the reference."""
+    path = tmp_path_factory.mktemp("dense-bf16")
+    save_file(bf16_state(dense), str(path / "model.safetensors"))
+    dense.config.save_pretrained(path)
+    fp8 = tmp_path_factory.mktemp("fp8-from-bf16")
+    write_quantized(dense, fp8, "FP8_DYNAMIC")
+    with transformers_merges_zaya_experts():
+        reference = load_hf(fp8)
+    return path, fp8, reference
+
+
+def test_fp8_quantized_at_load_equals_compressed_tensors(bf16_pair, report):
+    """``expert_dtype="fp8"`` on a bf16 checkpoint: the codes and row scales compressed-tensors writes from the
+    same weights, bit for bit, in both layouts; logits as transformers + compressed-tensors gives on that
+    checkpoint; the experts held in fp8."""
+    path, fp8, reference = bf16_pair
+    ours = zaya1.ZayaForCausalLM.from_pretrained(path, expert_dtype="fp8")
+    stored = zaya1.ZayaForCausalLM.from_pretrained(fp8)
+    assert ours.config.expert_quantization == "fp8" and not any(".experts." in n for n, _ in ours.named_parameters())
+    theirs = dict(stored.named_buffers())
+    for name, buf in ours.named_buffers():
+        if ".experts." in name:
+            assert buf.dtype == theirs[name].dtype and torch.equal(buf, theirs[name]), name
+    ids = prompts(ours.config.vocab_size, seed=7)
+    assert report("fp8 experts quantized at load vs transformers + compressed-tensors",
+                  max_diff(ours(ids).logits, reference(ids).logits)) <= TOL
+    assert torch.equal(ours.generate(ids, max_new_tokens=8), reference.generate(ids, max_new_tokens=8, do_sample=False))
+    twin = path.parent / "dense-bf16-original"
+    twin.mkdir()
+    save_twin(zaya1.ZayaForCausalLM.from_pretrained(path, dtype=torch.bfloat16), twin, "original", dense=True)
+    original = zaya1.ZayaForCausalLM.from_pretrained(twin, expert_dtype="fp8")
+    for name, buf in original.named_buffers():
+        if ".experts." in name:
+            assert torch.equal(buf, theirs[name]), name
+
+
+def test_expert_dtype_refusals(bf16_pair, quantized):
+    """A format zaya1 does not write, or quantizing a quantized checkpoint, is a one-line ConfigError; a
+    checkpoint already stored in the requested format loads as it is."""
+    path, fp8, _ = bf16_pair
+    with pytest.raises(zaya1.errors.ConfigError, match="expert_dtype='mxfp4' is not supported"):
+        zaya1.ZayaForCausalLM.from_pretrained(path, expert_dtype="mxfp4")
+    name, kind, qpath, _ = quantized
+    if kind == "fp8":
+        assert zaya1.ZayaForCausalLM.from_pretrained(qpath, expert_dtype="fp8").config.expert_quantization == "fp8"
+    else:
+        with pytest.raises(zaya1.errors.ConfigError, match="stores mxfp4 experts.*quantize them twice"):
+            zaya1.ZayaForCausalLM.from_pretrained(qpath, expert_dtype="fp8")

@@ -59,10 +59,12 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
         return self.config._name_or_path
 
     def checkpoint_loader_fn(self, mmap: bool = False):
-        """Either checkpoint layout -> canonical weights (zaya1.checkpoint) -> Neuron state dict (zaya1.sharding,
-        the plan the CPU simulation proves) + the lm_head and NxDI's rank tensor."""
+        """Either checkpoint layout -> canonical weights (zaya1.checkpoint; fp8 experts quantized from a dense
+        checkpoint when the config holds them in fp8) -> Neuron state dict (zaya1.sharding, the plan the CPU
+        simulation proves) + the lm_head and NxDI's rank tensor."""
         zaya, nc = self.config.zaya_config, self.neuron_config
-        canonical = ZayaForCausalLM.from_pretrained(self.checkpoint_path, dtype=resolve_dtype(nc.torch_dtype)).state_dict()
+        canonical = ZayaForCausalLM.from_pretrained(self.checkpoint_path, dtype=resolve_dtype(nc.torch_dtype),
+                                                    expert_dtype=zaya.expert_quantization).state_dict()
         lm_head = canonical.pop("lm_head.weight", None)
         state = neuron_state_dict(canonical, zaya, nc.tp_degree)
         # a tied head is a copy: NxD's save_file refuses tensors that share memory (as NxDI's llama clones it)
@@ -91,7 +93,8 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
         fields = dict(tp_degree=nc.tp_degree, batch_size=nc.batch_size, seq_len=nc.seq_len,
                       max_context_length=nc.max_context_length, buckets=nc.context_encoding_buckets,
                       dtype=nc.torch_dtype, on_device_sampling=nc.on_device_sampling_config is not None,
-                      token_generation_buckets=nc.token_generation_buckets)
+                      token_generation_buckets=nc.token_generation_buckets,
+                      expert_dtype=self.config.zaya_config.expert_quantization or "model")
         if fingerprint is not None:
             return ArtifactManifest(checkpoint_fingerprint=fingerprint, **fields)
         return ArtifactManifest.for_checkpoint(self.checkpoint_path, **fields)

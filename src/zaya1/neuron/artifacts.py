@@ -48,6 +48,7 @@ FORMAT_VERSION = 1
 COMPILE_SCRIPT = "scripts/compile.py"
 NEURON_PACKAGES = ("neuronx-cc", "torch-neuronx", "neuronx-distributed", "neuronx-distributed-inference",
                    "libneuronxla")
+EXPERT_DTYPES = ("model", "fp8")  # --expert-dtype: experts in the model dtype, or fp8 (zaya1.quantization)
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
                "float16": "float16", "fp16": "float16"}
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
@@ -55,7 +56,7 @@ _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 _FLAGS = {"tp_degree": "--tp-degree", "batch_size": "--batch-size", "seq_len": "--seq-len",
           "max_context_length": "--max-context-length", "buckets": "--buckets",
           "token_generation_buckets": "--token-generation-buckets", "dtype": "--dtype",
-          "on_device_sampling": "--on-device-sampling"}
+          "on_device_sampling": "--on-device-sampling", "expert_dtype": "--expert-dtype"}
 _SETTINGS = tuple(_FLAGS)  # fields a caller can match instead of recompiling
 
 
@@ -101,6 +102,7 @@ class ArtifactManifest:
     neuron_versions: dict[str, str] = field(default_factory=dict)  # empty off-Neuron
     on_device_sampling: bool = False
     token_generation_buckets: list[int] = field(default_factory=list)  # KV-length buckets; empty = [seq_len]
+    expert_dtype: str = "model"  # the experts in the graphs: "model" (dtype) or "fp8" (codes + row scales)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
@@ -125,6 +127,9 @@ class ArtifactManifest:
                 isinstance(k, str) and isinstance(v, str) for k, v in self.neuron_versions.items()):
             raise ConfigError(f"neuron_versions={self.neuron_versions!r} must map package names to version "
                               f"strings.")
+        if self.expert_dtype not in EXPERT_DTYPES:
+            raise ConfigError(f"expert_dtype={self.expert_dtype!r} must be one of {EXPERT_DTYPES} "
+                              f"({COMPILE_SCRIPT} --expert-dtype).")
         if not isinstance(self.on_device_sampling, bool):
             raise ConfigError(f"on_device_sampling={self.on_device_sampling!r} must be true or false.")
         if not _positive_int(self.format_version):
@@ -154,7 +159,7 @@ class ArtifactManifest:
     def for_checkpoint(cls, checkpoint_dir: str | Path, *, tp_degree: int, batch_size: int, seq_len: int,
                        max_context_length: int | None = None, buckets: Sequence[int] | None = None,
                        dtype: Any = "bfloat16", on_device_sampling: bool = False,
-                       token_generation_buckets: Sequence[int] | None = None,
+                       token_generation_buckets: Sequence[int] | None = None, expert_dtype: str = "model",
                        neuron_versions: dict[str, str] | None = None) -> "ArtifactManifest":
         """The manifest a compile of ``checkpoint_dir`` with these settings writes (and a load expects):
         fingerprints the checkpoint and records the installed zaya1 / Neuron SDK versions."""
@@ -164,7 +169,7 @@ class ArtifactManifest:
                    checkpoint_fingerprint=fingerprint_checkpoint(checkpoint_dir),
                    neuron_versions=neuron_sdk_versions() if neuron_versions is None else dict(neuron_versions),
                    on_device_sampling=on_device_sampling,
-                   token_generation_buckets=list(token_generation_buckets or []))
+                   token_generation_buckets=list(token_generation_buckets or []), expert_dtype=expert_dtype)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

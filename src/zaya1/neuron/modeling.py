@@ -38,9 +38,10 @@ from neuronx_distributed_inference.modules.generation.sampling import create_sam
 from neuronx_distributed_inference.modules.kvcache.kv_cache_manager import KVCacheManager
 from neuronx_distributed_inference.modules.kvcache.utils import update_cache_const_indices
 
-from ..config import HF_NAMED_FIELDS, ZayaConfig
+from ..config import FP8, HF_NAMED_FIELDS, ZayaConfig
 from ..errors import ConfigError
 from ..model import ZayaModel
+from ..quantization import QuantizedWeight
 from ..sharding import AttentionShard, check_tp, partition_dim
 
 # NxDI releases (major, minor) this backend is tested with: 0.9 is Neuron SDK 2.29's, and the vendored source
@@ -136,8 +137,11 @@ class ZayaInferenceConfig(InferenceConfig):
     (needs ``zaya1.neuron.register()`` on transformers < 5.23, which does not know ``model_type: zaya``)."""
 
     @classmethod
-    def from_checkpoint(cls, model_path: str, neuron_config: ZayaNeuronConfig, **overrides):
-        zaya = ZayaConfig.from_pretrained(model_path, **overrides)
+    def from_checkpoint(cls, model_path: str, neuron_config: ZayaNeuronConfig, expert_dtype: str | None = None,
+                        **overrides):
+        """``expert_dtype="fp8"``: the graphs hold the experts as fp8 codes with row scales, quantized from a
+        dense checkpoint when its weights are loaded (ZayaConfig.with_expert_dtype)."""
+        zaya = ZayaConfig.from_pretrained(model_path, **overrides).with_expert_dtype(expert_dtype, str(model_path))
 
         def load_config(config):
             config.zaya = zaya.to_dict()
@@ -151,11 +155,12 @@ class ZayaInferenceConfig(InferenceConfig):
             self.zaya = ZayaConfig.from_pretrained(self._name_or_path).to_dict()
         zaya = self.zaya_config
         check_tp(zaya, self.neuron_config.tp_degree)
-        if zaya.expert_quantization is not None:
+        if zaya.expert_quantization not in (None, FP8):
             where = getattr(self, "_name_or_path", None) or "config.json"
             raise ConfigError(f"{where}: {zaya.expert_quantization} experts (config.json's quantization_config) are "
-                              f"not supported on Neuron yet: the NxDI graphs hold experts in the model dtype. "
-                              f"Compile the bf16 checkpoint (e.g. Zyphra/ZAYA1-8B).")
+                              f"not supported by the NxDI backend, which holds experts in the model dtype or fp8. "
+                              f"Compile the bf16 checkpoint (e.g. Zyphra/ZAYA1-8B), with --expert-dtype fp8 for "
+                              f"fp8 experts.")
         check_nxdi_version()
         if int(os.environ.get("NEURON_COMBINE_KV_ALLOCATIONS", "0")) and zaya.num_hidden_layers % 2:
             raise ConfigError(f"NEURON_COMBINE_KV_ALLOCATIONS is set: NxD allocates past_key_values in pairs, which "
@@ -211,7 +216,13 @@ def _sharded_class(cls: type) -> type:
 
 
 def mark_sharded(model: nn.Module, tp: int) -> None:
-    """Declare every parameter the plan splits as tensor-parallel along its partition dim."""
+    """Declare every parameter the plan splits as tensor-parallel along its partition dim. NxD shards, loads
+    and traces parameters only (trace/trace.py ``shard_children``), so quantized experts' codes and scales,
+    buffers of the core model, become frozen parameters first."""
+    for module in model.modules():
+        if isinstance(module, QuantizedWeight):
+            for name in ("codes", "scale"):
+                module.register_parameter(name, nn.Parameter(module._buffers.pop(name), requires_grad=False))
     for name, param in model.named_parameters():
         dim = partition_dim(name)
         if dim is None:
