@@ -1,13 +1,15 @@
-"""The published ZAYA1 family (Zyphra's "ZAYA" collection): every checkpoint's structure recognised at real
-width on the meta device and counted against its published parameter total; the legacy-8B json's scalar
-fields (no ``zaya_layers``) against Zyphra's golden outputs; a tiny model with the 74B's structure in the
-original layout (sliding windows as ``swa_layers``) and under simulated tensor parallelism against upstream
-transformers. (The same tiny structure in the HF layout runs the whole of test_parity_hf.py: "zaya74b".)
+"""The published ZAYA1 family (Zyphra's "ZAYA" collection): ZAYA1-8B's and ZAYA1-8B-legacy's published
+config.json (test/data/configs) read as the model they describe, each written small (only its sizes changed)
+against its independent reference (upstream transformers; Zyphra's golden outputs for the legacy json); every
+checkpoint's structure recognised at real width on the meta device and counted against its published parameter
+total; a tiny model with the 74B's structure in the original layout (sliding windows as ``swa_layers``) and
+under simulated tensor parallelism against upstream transformers. (The same tiny structure in the HF layout
+runs the whole of test_parity_hf.py: "zaya74b".)
 
-No published config.json could be read from a stored public source (test/data/configs/README.md lists what
-was searched and what each source states), so the real-width structures (zaya_testlib's ZAYA1_*) are rebuilt
-from the fields those sources give; the totals they must reproduce (8.84B, 74.79B) were published
-independently of them."""
+The other members' config.json is in no stored public source (test/data/configs/README.md lists what was
+searched and what each source states), so their real-width structures (zaya_testlib's ZAYA1_*) are rebuilt
+from the fields those sources give, on top of ZAYA1-8B's published fields; the totals they must reproduce
+(8.84B, 74.79B) were published independently of them."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import zaya1
 from zaya1 import simulated_tp
 from zaya1.checkpoint import KEY_TABLES
 from zaya1.config import FULL, SLIDING
-from zaya_testlib import GOLDEN_DIR, TOL, ZAYA1_8B, ZAYA1_8B_LEGACY, ZAYA1_74B, ZAYA1_74B_LEGACY, ZAYA1_BASE, max_diff
+from zaya_testlib import (CONFIGS_DIR, GOLDEN_DIR, TOL, ZAYA1_8B, ZAYA1_8B_LEGACY, ZAYA1_74B, ZAYA1_74B_LEGACY,
+                          ZAYA1_BASE, build_hf_checkpoint, max_diff, upstream)
 
 pytestmark = pytest.mark.usefixtures("inference")
 
@@ -53,24 +56,55 @@ def test_real_width_structure_on_meta(name):
     assert abs(count - total) <= rounding
 
 
-def test_legacy_scalar_config_matches_golden(tmp_path, report):
-    """The golden GQA checkpoint with its config rewritten in the legacy-8B json's scalar fields gives
-    Zyphra's reference logits and tokens."""
+# ZAYA1-8B as its model card and the architecture notes describe it, in canonical fields
+ZAYA1_8B_MODEL = dict(vocab_size=262272, hidden_size=2048, num_hidden_layers=40, layer_types=[FULL] * 40,
+                      num_attention_heads=8, num_key_value_heads=2, head_dim=128, num_experts=16,
+                      moe_intermediate_size=2048, router_hidden_size=256, sliding_window=None, rope_theta=5e6,
+                      partial_rotary_factor=0.5, rms_norm_eps=1e-5, max_position_embeddings=131072,
+                      tie_word_embeddings=True, bos_token_id=2, eos_token_id=[106], pad_token_id=0,
+                      expert_quantization=None)
+
+
+@pytest.mark.parametrize("name, layout", [("ZAYA1-8B", "hf"), ("ZAYA1-8B-legacy", "original")])
+def test_published_config_recognised(name, layout):
+    """Both layouts' published json read from disk give the same model: the legacy json's 80 half-layers are 40
+    hybrid layers, its ffn_hidden_size 4096 (gate and up) an expert width of 2048, its zaya_mlp_expansion the
+    router width; full attention everywhere, tied embeddings, bf16 experts."""
+    config = zaya1.ZayaConfig.from_pretrained(CONFIGS_DIR / name)
+    assert config.layout == layout
+    assert {k: getattr(config, k) for k in ZAYA1_8B_MODEL} == ZAYA1_8B_MODEL
+
+
+def test_published_hf_config_small_matches_upstream(tmp_path, report):
+    """ZAYA1-8B's config.json with only its sizes made small (its 8 query / 2 KV heads, rope parameters, tied
+    embeddings and every other field as published), written by upstream transformers: upstream's logits."""
+    raw = dict(ZAYA1_8B, vocab_size=160, hidden_size=128, head_dim=32, num_hidden_layers=2, layer_types=["hybrid"] * 2,
+               num_experts=4, moe_intermediate_size=16, router_hidden_size=16, max_position_embeddings=256,
+               eos_token_id=1)
+    hf = build_hf_checkpoint(tmp_path, upstream().ZayaConfig.from_dict(raw), seed=4)
+    ours = zaya1.ZayaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert (ours.config.layout, ours.config.num_attention_heads, ours.config.num_key_value_heads) == ("hf", 8, 2)
+    ids = torch.randint(3, 160, (2, 12), generator=torch.Generator().manual_seed(4))
+    assert report("ZAYA1-8B config.json, small", max_diff(ours(ids).logits, hf(ids).logits)) <= TOL
+
+
+def test_published_legacy_config_matches_golden(tmp_path, report):
+    """ZAYA1-8B-legacy's config.json (scalars, no ``zaya_layers``, ``rope_scaling: false``) with only its sizes
+    set to the golden GQA checkpoint's: Zyphra's reference logits and tokens."""
     src = GOLDEN_DIR / "zaya1-original-gqa"
-    raw = json.loads((src / "config.json").read_text())
-    for name in ("zaya_layers", "cca_num_q_heads", "num_query_groups_list", "ffn_hidden_size_list",
-                 "zaya_mlp_expansion", "kv_channels"):
-        del raw[name]
-    raw.update(num_hidden_layers=4, num_experts=4, ffn_hidden_size=64, zaya_mlp_expansion=32, num_attention_heads=4,
-               head_dim=128, num_query_groups=2)
+    small = json.loads((src / "config.json").read_text())
+    raw = dict(ZAYA1_8B_LEGACY, num_hidden_layers=4, num_experts=4, ffn_hidden_size=64, zaya_mlp_expansion=32,
+               num_attention_heads=4, num_query_groups=2,
+               **{k: small[k] for k in ("vocab_size", "hidden_size", "max_position_embeddings", "rope_theta",
+                                        "eos_token_id", "dtype")})
     (tmp_path / "config.json").write_text(json.dumps(raw))
     (tmp_path / "model.safetensors").symlink_to(src / "model.safetensors")
     model = zaya1.ZayaForCausalLM.from_pretrained(tmp_path)
     assert model.config == zaya1.ZayaConfig.from_pretrained(src)
     golden = load_file(src / "golden.safetensors")
     prompt, generated = golden["b_prompt_ids"], golden["b_generated_ids"]
-    assert report("legacy scalar config a_logits", max_diff(model(golden["a_input_ids"]).logits,
-                                                             golden["a_logits"])) <= TOL
+    assert report("ZAYA1-8B-legacy config.json a_logits", max_diff(model(golden["a_input_ids"]).logits,
+                                                                   golden["a_logits"])) <= TOL
     assert torch.equal(model.generate(prompt, max_new_tokens=generated.shape[1])[:, prompt.shape[1]:], generated)
 
 
