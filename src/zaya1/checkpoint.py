@@ -100,7 +100,11 @@ def _expert_keys(t: dict, cfg: ZayaConfig, modules: dict[str, tuple[str, object]
             t[f"{module}.{names[1]}"] = (target + ".scale", index)
 
 
-def hf_key_table(cfg: ZayaConfig) -> dict[str, tuple[str, object]]:
+def hf_key_table(cfg: ZayaConfig, stacked_experts: bool = False) -> dict[str, tuple[str, object]]:
+    """HF-layout checkpoint key -> (canonical name, index). Quantized experts are per-expert modules as
+    compressed-tensors writes them, or with ``stacked_experts`` (fp8) one tensor per layer and projection,
+    ``mlp.experts.gate_up_proj`` [E, 2I, H] + ``.weight_scale`` [E, 2I, 1], as ZAYA1-8B-FP8-Experts stores them
+    (test/data/configs/README.md)."""
     half = cfg.num_key_value_heads * cfg.head_dim // 2
     t: dict[str, tuple[str, object]] = {
         "model.embed_tokens.weight": ("model.embed_tokens.weight", None),
@@ -126,9 +130,12 @@ def hf_key_table(cfg: ZayaConfig) -> dict[str, tuple[str, object]]:
                 t[s + f"{merge}.{name}"] = (k["layer"] + f"{merge}.{name}", None)
         _router_keys(t, s + "mlp.gate.", k["router"], i, "router_states_scale", "router_mlp.norm.weight",
                      ("router_mlp.fc1", "router_mlp.fc2", "router_mlp.out_proj"))
-        if cfg.expert_quantization is None:
-            t[s + "mlp.experts.gate_up_proj"] = (k["experts"] + "gate_up_proj", None)
-            t[s + "mlp.experts.down_proj"] = (k["experts"] + "down_proj", None)
+        if cfg.expert_quantization is None or stacked_experts:
+            for proj in ("gate_up_proj", "down_proj"):
+                suffix = ".codes" if stacked_experts else ""
+                t[s + f"mlp.experts.{proj}"] = (k["experts"] + proj + suffix, None)
+                if stacked_experts:
+                    t[s + f"mlp.experts.{proj}.weight_scale"] = (k["experts"] + proj + ".scale", None)
         else:  # compressed-tensors stores one module per expert projection (transformers' per-expert names)
             size = cfg.moe_intermediate_size
             gate_up, down = k["experts"] + "gate_up_proj", k["experts"] + "down_proj"
@@ -179,6 +186,14 @@ def original_key_table(cfg: ZayaConfig) -> dict[str, tuple[str, object]]:
 
 
 KEY_TABLES = {"hf": hf_key_table, "original": original_key_table}
+
+
+def key_table(cfg: ZayaConfig, present: set[str]) -> dict[str, tuple[str, object]]:
+    """The key table of a checkpoint holding the keys ``present``: its layout's, with fp8 experts stacked per
+    layer when the checkpoint stores them so."""
+    if cfg.layout == "hf" and cfg.expert_quantization == FP8 and "model.layers.0.mlp.experts.gate_up_proj" in present:
+        return hf_key_table(cfg, stacked_experts=True)
+    return KEY_TABLES[cfg.layout](cfg)
 
 
 def derived_tensors(cfg: ZayaConfig) -> dict[str, torch.Tensor]:
@@ -286,7 +301,7 @@ def load_into(model: torch.nn.Module, cfg: ZayaConfig, path: str | Path, check_f
     """Fill ``model``'s canonical parameters from the checkpoint at ``path``, one tensor at a time."""
     path = Path(path)
     files = checkpoint_files(path)
-    table = KEY_TABLES[cfg.layout](cfg)
+    table = key_table(cfg, set(files))
     _check_keys(cfg, table, set(files), path)
     params = dict(model.named_parameters()) | dict(model.named_buffers())
     # experts the model holds quantized while the checkpoint stores them dense (expert_dtype): quantized here

@@ -326,3 +326,31 @@ def test_expert_dtype_refusals(bf16_pair, quantized):
     else:
         with pytest.raises(zaya1.errors.ConfigError, match="stores mxfp4 experts.*quantize them twice"):
             zaya1.ZayaForCausalLM.from_pretrained(qpath, expert_dtype="fp8")
+
+
+def test_fp8_experts_stacked_per_layer(quantized, tmp_path, report):
+    """ZAYA1-8B-FP8-Experts stores each layer's fp8 experts stacked: ``mlp.experts.gate_up_proj`` [E, 2I, H]
+    (gate rows, then up) with ``mlp.experts.gate_up_proj.weight_scale`` [E, 2I, 1], and ``down_proj`` alike
+    (test/data/configs/README.md). The compressed-tensors checkpoint restacked so loads the same codes and
+    gives transformers' logits on the per-expert original."""
+    name, kind, path, reference = quantized
+    if name != "fp8-channel":
+        pytest.skip("the stacked layout is stated for the fp8 (channel-scale) checkpoint")
+    from safetensors.torch import load_file
+
+    tensors, config = load_file(str(path / "model.safetensors")), zaya1.ZayaConfig.from_pretrained(path)
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}.mlp.experts."
+        for proj, parts in (("gate_up_proj", ("gate_proj", "up_proj")), ("down_proj", ("down_proj",))):
+            for suffix, stacked in (("weight", proj), ("weight_scale", f"{proj}.weight_scale")):
+                tensors[p + stacked] = torch.stack([
+                    torch.cat([tensors.pop(f"{p}{e}.{part}.{suffix}") for part in parts])
+                    for e in range(config.num_experts)])
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text((path / "config.json").read_text())
+    stacked, per_expert = zaya1.ZayaForCausalLM.from_pretrained(tmp_path), zaya1.ZayaForCausalLM.from_pretrained(path)
+    theirs = dict(per_expert.named_buffers())
+    assert all(torch.equal(buf, theirs[n]) for n, buf in stacked.named_buffers() if ".experts." in n)
+    ids = prompts(config.vocab_size, seed=8)
+    assert report("fp8 experts stacked per layer vs transformers (per-expert original)",
+                  max_diff(stacked(ids).logits, reference[torch.float32](ids).logits)) <= TOL
