@@ -13,6 +13,7 @@ norm's epsilon matters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 import torch
+from safetensors.torch import save_file
+from torch import nn
 
 if TYPE_CHECKING:
     import transformers
@@ -199,8 +202,6 @@ def build_hf_checkpoint(directory: Path, config: transformers.ZayaConfig, seed: 
 
 def write_large_checkpoint(directory: Path) -> int:
     """A ~355 MB float32 HF-layout checkpoint of random weights (for peak-memory tests); returns its size."""
-    from safetensors.torch import save_file
-
     cfg = upstream().ZayaConfig(vocab_size=4096, hidden_size=1024, num_hidden_layers=3, num_attention_heads=8,
                                   num_key_value_heads=2, head_dim=128, num_experts=8, moe_intermediate_size=1024,
                                   router_hidden_size=64, tie_word_embeddings=True)
@@ -257,3 +258,90 @@ def save_tokenizer(directory: Path):
                                                pad_token="<pad>", unk_token="<unk>", chat_template=CHAT_TEMPLATE)
     tok.save_pretrained(directory)
     return transformers.AutoTokenizer.from_pretrained(directory)
+
+
+# ---------------------------------------------------------------------------------------------- quantized checkpoints
+IGNORE = "re:^(?!.*experts).*$"  # the published MXFP4-Experts config's ignore (test/data/configs/README.md)
+
+
+def compressed_tensors():
+    try:
+        import compressed_tensors
+    except ImportError:
+        reason = "needs compressed-tensors (pip install -e '.[test]') to write and dequantize the reference"
+        if os.environ.get("ZAYA1_REQUIRE_UPSTREAM") == "1":
+            pytest.fail(f"ZAYA1_REQUIRE_UPSTREAM=1: {reason}")
+        pytest.skip(reason)
+    return compressed_tensors
+
+
+def bf16_state(hf) -> dict[str, torch.Tensor]:
+    """``hf``'s checkpoint tensors in bf16 (the published checkpoints' dtype), router balancing biases fp32."""
+    return {k: v.to(torch.bfloat16) if "balancing" not in k else v for k, v in hf.state_dict().items()
+            if "rotary" not in k and k != "lm_head.weight"}
+
+
+def write_quantized(hf, path, preset: str) -> None:
+    """``hf``'s weights with every expert projection quantized by compressed-tensors: its per-expert Linear
+    modules get the preset's scheme, weight scales from min/max (``calculate_qparams``, as llm-compressor's
+    observers), are compressed by ``ModelCompressor`` and saved beside the dense rest; config.json gains the
+    compressor's quantization_config."""
+    compressed_tensors()
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme, apply_quantization_config
+    from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    config, size = hf.config, hf.config.moe_intermediate_size
+    dense = bf16_state(hf)
+    experts = nn.Module()  # the projections under their checkpoint names
+    for i in range(config.num_hidden_layers):
+        gate_up = dense.pop(f"model.layers.{i}.mlp.experts.gate_up_proj")
+        down = dense.pop(f"model.layers.{i}.mlp.experts.down_proj")
+        for e in range(config.num_experts):
+            for name, w in (("gate_proj", gate_up[e, :size]), ("up_proj", gate_up[e, size:]), ("down_proj", down[e])):
+                linear = nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=torch.bfloat16)
+                linear.weight.data.copy_(w)
+                parent = experts
+                for part in f"model.layers.{i}.mlp.experts.{e}".split("."):
+                    if not hasattr(parent, part):
+                        parent.add_module(part, nn.Module())
+                    parent = getattr(parent, part)
+                parent.add_module(name, linear)
+    parts = dict(PRESET_SCHEMES[preset])
+    if parts.get("input_activations") is not None and not parts["input_activations"].dynamic:
+        del parts["input_activations"]  # weight-only: static activation scales would need calibration data
+    scheme = QuantizationScheme(targets=["Linear"], **parts)
+    apply_quantization_config(experts, QuantizationConfig(config_groups={"group_0": scheme}, ignore=[IGNORE]))
+    for module in experts.modules():
+        if getattr(module, "quantization_scheme", None) is None:
+            continue
+        args, w = module.quantization_scheme.weights, module.weight.data
+        if args.strategy == "channel":
+            lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
+        elif args.strategy == "tensor":
+            lo, hi = w.amin(), w.amax()
+        else:
+            groups = w.unflatten(-1, (-1, args.group_size))
+            lo, hi = groups.amin(-1), groups.amax(-1)
+        scale, _ = calculate_qparams(lo, hi, args)
+        module.weight_scale.data.copy_(scale.reshape(module.weight_scale.shape))
+    compressor = ModelCompressor.from_pretrained_model(experts)
+    compressor.compress_model(experts)
+    compressor.quantization_config.ignore = [IGNORE]
+    save_file(dense | {k: v.contiguous() for k, v in experts.state_dict().items()}, str(path / "model.safetensors"))
+    config.save_pretrained(path)
+    compressor.update_config(str(path))
+
+
+@contextlib.contextmanager
+def transformers_merges_zaya_experts():
+    """transformers' Qwen2-style per-expert merge registered for "zaya" while the block runs."""
+    from transformers import conversion_mapping as cm
+
+    cm.register_checkpoint_conversion_mapping("zaya", cm.get_checkpoint_conversion_mapping("qwen2_moe"))
+    try:
+        yield
+    finally:
+        cm._checkpoint_conversion_mapping_cache.pop("zaya", None)
+        cm.USER_REGISTERED_MAPPINGS.discard("zaya")
