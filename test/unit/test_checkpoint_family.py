@@ -21,7 +21,8 @@ import zaya1
 from zaya1 import simulated_tp
 from zaya1.checkpoint import KEY_TABLES
 from zaya1.config import FULL, SLIDING
-from zaya_testlib import GOLDEN_DIR, TOL, ZAYA1_8B, ZAYA1_8B_LEGACY, ZAYA1_74B, ZAYA1_74B_LEGACY, ZAYA1_BASE, max_diff
+from zaya1.family import ZAYA1_8B, ZAYA1_8B_LEGACY, ZAYA1_74B, ZAYA1_74B_LEGACY, ZAYA1_BASE
+from zaya_testlib import GOLDEN_DIR, TOL, max_diff
 
 pytestmark = pytest.mark.usefixtures("inference")
 
