@@ -204,6 +204,16 @@ def test_rank_share_of_an_instance():
         cost.check_instance("trn2.3xlarge", 8)
 
 
+def test_decode_rate_and_collective_latency_column():
+    """A decode row's tokens/s is B per step time; --collective-us adds the latency once per collective of the
+    step (the embedding's all-reduce, 2 per layer, the logits' all-gather), never folded into the estimate."""
+    row = cost.case(CFG, TP, B, 8, "tkg", torch.float32, LAYERS, collective_us=10.0)
+    assert row["collectives_per_step"] == 1 + 2 * LAYERS + 1
+    assert row["estimate_with_collectives_ms"] == pytest.approx(row["estimate_trn2_ms"] + 6 * 0.010)
+    assert row["tokens_per_s"] == pytest.approx(B * 1e3 / row["estimate_trn2_ms"])
+    assert cost.case(CFG, TP, B, 8, "tkg", torch.float32, LAYERS)["estimate_trn2_ms"] == row["estimate_trn2_ms"]
+
+
 def test_cli_refuses_a_tp_the_instance_cannot_hold(capsys):
     from zaya1.tools.cli import main
 
