@@ -8,6 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    package_data={"zaya1": ["published_configs/*/config.json"]},  # zaya1.family
     python_requires=">=3.10",
     # Install torch==2.13.0 first on CPU machines (README): an unpinned torch would pull the CUDA build.
     # numpy: torch's CPU wheel does not require it but warns "Failed to initialize NumPy" on import without it

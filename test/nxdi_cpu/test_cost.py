@@ -1,6 +1,11 @@
 """The cost model's accounting against hand-computed values: a hand-written HLO module, then the tiny config's
 lowered CTE and TKG graphs at tp 2 (one rank's shapes), whose expert, KV, state and collective bytes follow
-from the config by hand. Runs where torch-xla is installed (CI's NxDI stage, PJRT_DEVICE=CPU)."""
+from the config by hand; the host-fallback detector, the rank's share of a trn2 instance, and
+ZAYA1-74B-preview's first two real-width layers (full, sliding) at tp 4 with fp8 and bf16 experts, whose
+expert bytes follow from its published shapes. Runs where torch-xla is installed (CI's NxDI stage,
+PJRT_DEVICE=CPU)."""
+
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -9,6 +14,9 @@ pytest.importorskip("torch_xla")
 
 from zaya1.neuron import cost  # noqa: E402
 from zaya1.config import ZayaConfig  # noqa: E402
+from zaya1.errors import ConfigError  # noqa: E402
+from zaya1.family import structure  # noqa: E402
+from zaya1.model import ZayaModel  # noqa: E402
 from zaya1.neuron.hlo import analyse  # noqa: E402
 
 HLO = """HloModule m, entry_computation_layout={()}
@@ -153,3 +161,105 @@ def test_lowered_steps_compute_the_eager_result(block_size, experts):
     assert (hidden_x.cpu() - hidden).abs().max().item() <= 1e-4
     assert max((a.key.cpu() - b.key).abs().max().item() for a, b in zip(steps_x, steps)) <= 1e-4
     assert (decoded_x.cpu() - decoded).abs().max().item() <= 1e-4
+
+
+def test_host_fallbacks_are_found(monkeypatch):
+    """What "no host fallback" checks: custom calls, host transfers and bounded-dynamic shapes in the HLO, and
+    the aten:: ops torch-xla runs on the host while tracing (here a .item() in the decode step)."""
+    hlo = HLO.replace("%p1.2 = s64[3]{0} parameter(1)", "%p1.2 = s64[<=3]{0} parameter(1)\n"
+                      '  %cc.20 = f32[3]{0} custom-call(s64[<=3]{0} %p1.2), custom_call_target="host_fn"\n'
+                      "  %of.21 = token[] outfeed(f32[3]{0} %cc.20)")
+    assert analyse(hlo, {}).host_fallbacks == {"custom-call": 1, "outfeed": 1, "dynamic-shape": 1}
+    assert analyse(HLO, {}).host_fallbacks == {}
+    decode = ZayaModel.decode
+
+    def synced_decode(self, ids, *args):
+        ids.sum().item()  # reads a device value on the host
+        return decode(self, ids, *args)
+
+    monkeypatch.setattr(ZayaModel, "decode", synced_decode)
+    assert cost.graph_cost(CFG, TP, B, 8, "tkg", torch.float32)[0].host_fallbacks == {"aten::_local_scalar_dense": 1}
+
+
+def test_sliding_layer_costs_what_a_full_layer_costs():
+    """The extrapolation prices every layer after the lowered ones as layer ``layers + 1``: a sliding-window
+    layer (window 4 < the 8-token KV bucket) must read, compute and reduce exactly what a full one does (it
+    differs only in its mask), or ZAYA1-74B-preview's alternating layers would be mispriced."""
+    window = CFG.replace(num_hidden_layers=3, layer_types=["full", "full", "full"], sliding_window=4)
+    full = cost.graph_cost(window, TP, B, 8, "tkg", torch.float32)[0]
+    sliding = cost.graph_cost(window.replace(layer_types=["full", "full", "sliding"]), TP, B, 8, "tkg",
+                              torch.float32)[0]
+    assert sliding.ops != full.ops  # the window is in the graph...
+    assert {**asdict(sliding), "ops": None} == {**asdict(full), "ops": None}  # ...and costs nothing we count
+
+
+def test_rank_share_of_an_instance():
+    """A rank gets a Trainium2 chip (2.9 TB/s, 667 bf16 TFLOPS) over min(tp, 4) ranks: the 4 logical cores of
+    a chip at LNC 2; tp 8 / 16 use more chips of a trn2.48xlarge, and a trn2.3xlarge holds at most 4 ranks."""
+    gb = 2.9e9  # a millisecond of the whole chip's bandwidth
+    assert [cost.trn2_ms(gb, 0, tp) for tp in (1, 2, 4, 8, 16)] == pytest.approx([1, 2, 4, 4, 4])
+    assert cost.trn2_ms(0, 667e9, 16) == pytest.approx(4)
+    cost.check_instance("trn2.48xlarge", 16)
+    with pytest.raises(ConfigError, match="--tp 8 on trn2.3xlarge: it has 4 logical cores"):
+        cost.check_instance("trn2.3xlarge", 8)
+
+
+def test_decode_rate_and_collective_latency_column():
+    """A decode row's tokens/s is B per step time; --collective-us adds the latency once per collective of the
+    step (the embedding's all-reduce, 2 per layer, the logits' all-gather), never folded into the estimate."""
+    row = cost.case(CFG, TP, B, 8, "tkg", torch.float32, LAYERS, collective_us=10.0)
+    assert row["collectives_per_step"] == 1 + 2 * LAYERS + 1
+    assert row["estimate_with_collectives_ms"] == pytest.approx(row["estimate_trn2_ms"] + 6 * 0.010)
+    assert row["tokens_per_s"] == pytest.approx(B * 1e3 / row["estimate_trn2_ms"])
+    assert cost.case(CFG, TP, B, 8, "tkg", torch.float32, LAYERS)["estimate_trn2_ms"] == row["estimate_trn2_ms"]
+
+
+def test_cli_refuses_a_tp_the_instance_cannot_hold(capsys):
+    from zaya1.tools.cli import main
+
+    assert main(["cost", "--tp", "8", "--model", "ZAYA1-74B-preview"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--instance trn2.48xlarge" in err, err
+
+
+# ZAYA1-74B-preview's rebuilt structure (zaya1.family) at real width, tp 4, its first two layers (full, sliding)
+B74, TP74 = 1, 4
+
+
+def layers74(experts=None):
+    c = structure("ZAYA1-74B-preview").replace(expert_quantization=experts)
+    c = c.replace(num_hidden_layers=2, layer_types=c.layer_types[:2])
+    assert c.layer_types == ["full", "sliding"] and c.sliding_window == 4097
+    return c
+
+
+def expert74(itemsize: int, scales: bool) -> int:
+    """One expert's bytes on one of 4 ranks from the published shapes (hidden 4096, expert width 4096):
+    gate_up [2 x 1024, 4096] + down [4096, 1024], plus an fp32 scale per row of each when quantized."""
+    h, i = 4096, 4096 // TP74
+    return 3 * i * h * itemsize + (2 * i + h) * 4 * scales
+
+
+@pytest.mark.parametrize("graph, bucket, experts_read", [("tkg", 4096, B74), ("cte", 128, 24)])
+def test_74b_fp8_lowers_with_no_host_fallback(graph, bucket, experts_read):
+    """ZAYA1-74B-preview at tp 4 with fp8 experts (trn2.3xlarge): decode at a 4096-token KV bucket and the
+    128-token context bucket lower to graphs with no custom call, host transfer, dynamic shape or aten:: op
+    run on the host; decode reads each token's own expert per layer, the 128-token context every one of the
+    24 experts once (one 128-row block each), as fp8 codes plus their row scales."""
+    c = cost.graph_cost(layers74("fp8"), TP74, B74, bucket, graph, torch.bfloat16)[0]
+    assert c.host_fallbacks == {}
+    assert c.expert_weight_bytes == 2 * experts_read * expert74(1, scales=True)
+    low = cost.minimum(layers74("fp8"), TP74, B74, bucket, graph, torch.bfloat16)
+    assert low["layer_expert_bytes"] == 24 * expert74(1, scales=True)
+    assert low["expert_weight_bytes"] == c.expert_weight_bytes
+    assert c.collectives["all-reduce"][0] == 1 + 2 * 2 and c.collectives["all-gather"][0] == 1
+
+
+def test_74b_fp8_halves_the_decode_expert_bytes():
+    """The same decode step with bf16 experts reads twice the fp8 codes' bytes; everything else is equal."""
+    fp8 = cost.graph_cost(layers74("fp8"), TP74, B74, 4096, "tkg", torch.bfloat16)[0]
+    bf16 = cost.graph_cost(layers74(), TP74, B74, 4096, "tkg", torch.bfloat16)[0]
+    assert bf16.expert_weight_bytes == 2 * expert74(2, scales=False)  # 2 layers
+    assert fp8.expert_weight_bytes - 2 * (expert74(1, True) - expert74(1, False)) == bf16.expert_weight_bytes // 2
+    assert fp8.weight_bytes - fp8.expert_weight_bytes == bf16.weight_bytes - bf16.expert_weight_bytes
+    assert bf16.host_fallbacks == {}

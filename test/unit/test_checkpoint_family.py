@@ -23,8 +23,8 @@ import zaya1
 from zaya1 import simulated_tp
 from zaya1.checkpoint import KEY_TABLES
 from zaya1.config import FULL, SLIDING
-from zaya_testlib import (CONFIGS_DIR, GOLDEN_DIR, TOL, ZAYA1_8B, ZAYA1_8B_LEGACY, ZAYA1_74B, ZAYA1_74B_LEGACY,
-                          ZAYA1_BASE, build_hf_checkpoint, max_diff, upstream)
+from zaya1.family import PUBLISHED_DIR, ZAYA1_8B, ZAYA1_8B_LEGACY, ZAYA1_74B, ZAYA1_74B_LEGACY, ZAYA1_BASE
+from zaya_testlib import GOLDEN_DIR, TOL, build_hf_checkpoint, max_diff, upstream
 
 pytestmark = pytest.mark.usefixtures("inference")
 
@@ -70,7 +70,7 @@ def test_published_config_recognised(name, layout):
     """Both layouts' published json read from disk give the same model: the legacy json's 80 half-layers are 40
     hybrid layers, its ffn_hidden_size 4096 (gate and up) an expert width of 2048, its zaya_mlp_expansion the
     router width; full attention everywhere, tied embeddings, bf16 experts."""
-    config = zaya1.ZayaConfig.from_pretrained(CONFIGS_DIR / name)
+    config = zaya1.ZayaConfig.from_pretrained(PUBLISHED_DIR / name)
     assert config.layout == layout
     assert {k: getattr(config, k) for k in ZAYA1_8B_MODEL} == ZAYA1_8B_MODEL
 

@@ -10,10 +10,10 @@ import torch
 import zaya1
 from zaya1 import NeuronUnavailableError
 from zaya1.config import ZayaConfig
+from zaya1.family import ZAYA1_74B
 from zaya1.neuron import missing_sdk_packages, sdk_available
 from zaya1.neuron.compile_cli import TRN2_LOGICAL_CORE_HBM
 from zaya1.simulated_tp import describe_plan
-from zaya_testlib import ZAYA1_74B
 
 ROOT = Path(__file__).parents[2]
 GOLDEN = ROOT / "test" / "data" / "golden" / "zaya1-original-gqa"

@@ -87,44 +87,6 @@ TINY_CONFIGS = {
                     sliding_window=4),
 }
 
-# ---------------------------------------------------------------------------------------------- the family
-# Real-width structures of the published checkpoints (test_checkpoint_family.py): ZAYA1-8B and ZAYA1-8B-legacy
-# are their published config.json field sets (test/data/configs, with their sources in its README); the
-# others, whose config.json no stored source gives, are rebuilt from what the public sources state.
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "data" / "configs"
-
-
-def published_config(name: str) -> dict:
-    """The published config.json of checkpoint ``name`` (test/data/configs/<name>/config.json)."""
-    return json.loads((CONFIGS_DIR / name / "config.json").read_text())
-
-
-_COMMON = dict(vocab_size=262272, bos_token_id=2, eos_token_id=106, pad_token_id=0, dtype="bfloat16",
-               max_position_embeddings=131072)
-# ZAYA1-8B in the HF layout (ZAYA1-reasoning-base and the -FP8/-MXFP4-Experts copies share it): 40 hybrid
-# layers, all full attention
-ZAYA1_8B = published_config("ZAYA1-8B")
-# ZAYA1-8B-legacy: the original-layout json in scalars, no zaya_layers, num_hidden_layers counting half-layers,
-# num_attention_heads the real query heads with head_dim
-ZAYA1_8B_LEGACY = published_config("ZAYA1-8B-legacy")
-# ZAYA1-base: the fork's per-half-layer lists (architecture doc 1.1)
-ZAYA1_BASE = dict(_COMMON, model_type="zaya", hidden_size=2048, num_attention_heads=16, kv_channels=128,
-                  num_key_value_heads=2, zaya_layers=["a", 16] * 40, cca_num_q_heads=[8, 0] * 40,
-                  num_query_groups_list=[2, 0] * 40, ffn_hidden_size_list=[0, 4096] * 40,
-                  zaya_mlp_expansion=[0, 256] * 40, norm_epsilon=1e-5, rope_theta=5000000, rope_scaling=False)
-# ZAYA1-74B-preview: hidden 4096, 16 query / 2 KV heads of 128, 24 experts of width 4096, 60 hybrid layers of
-# which every other one attends over a 4097-token window (rope theta 1e4; 1e7 on the full layers), tied
-# embeddings (issue 17; the sources of the README); every other field as ZAYA1-8B's config.json
-ZAYA1_74B = dict(ZAYA1_8B, hidden_size=4096, num_hidden_layers=60, num_attention_heads=16, num_experts=24,
-                 moe_intermediate_size=4096, layer_types=["hybrid", "hybrid_sliding"] * 30, sliding_window=4097,
-                 rope_parameters=dict(ZAYA1_8B["rope_parameters"],
-                                      hybrid=dict(ZAYA1_8B["rope_parameters"]["hybrid"], rope_theta=10000000)))
-# ZAYA1-74B-preview-legacy: 120 half-layers; Megatron's window counts previous tokens only (4096 = 4097 - 1)
-ZAYA1_74B_LEGACY = dict(ZAYA1_BASE, hidden_size=4096, num_attention_heads=32, zaya_layers=["a", 24] * 60,
-                        cca_num_q_heads=[16, 0] * 60, num_query_groups_list=[2, 0] * 60,
-                        ffn_hidden_size_list=[0, 8192] * 60, zaya_mlp_expansion=[0, 256] * 60,
-                        swa_layers=[0, 0, 4096, 0] * 30, swa_rotary_base=10000)
-
 COMMON = dict(vocab_size=160, num_experts=4, moe_intermediate_size=16, router_hidden_size=16, rms_norm_eps=2e-5,
               max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=0, bos_token_id=2,
               eos_token_id=1)

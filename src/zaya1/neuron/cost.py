@@ -5,16 +5,20 @@ for token generation (TKG)) plus the tied lm_head are lowered with torch-xla on 
 the model is built for ``tp`` ranks with a comm whose all-reduce / all-gather are torch-xla collectives,
 so the HLO shows them and their bytes. TKG takes the KV cache as NxDI passes it, K/V [B, nkv_local,
 bucket, d] per layer. The HLO is read by ``zaya1.neuron.hlo`` (bytes read per parameter role, materialised
-copies, FLOPs, collectives, op inventory).
+copies, FLOPs, collectives, op inventory, host fallbacks: custom calls, host transfers, dynamic shapes, plus
+the aten:: ops torch-xla ran on the host while tracing).
 
 Real widths are lowered with ``layers`` and ``layers + 1`` decoder layers and extrapolated linearly to the
-config's depth (layers >= 2, so both graphs contain an EDA layer; every layer after the first is identical).
+config's depth (layers >= 2, so both graphs contain an EDA layer; every layer after the first costs what
+layer ``layers + 1`` costs: a sliding-window layer differs from a full one only in its mask, and reads the
+same KV bucket).
 
 Next to it: the analytical minimum of one rank (architecture doc section 5: lm_head + embedding rows +
-attention + router + norms + the selected experts, and KV / CCA state traffic) and a trn2.3xlarge
-ESTIMATE: one Trainium2 chip, 2.9 TB/s HBM and 667 dense bf16 TFLOPS, split evenly over ``tp`` ranks, time =
+attention + router + norms + the selected experts, and KV / CCA state traffic) and a Trainium2 ESTIMATE:
+one chip has 2.9 TB/s HBM and 667 dense bf16 TFLOPS (AWS, Trainium2 architecture page) and 4 logical cores
+at LNC 2; a rank gets the chip / min(tp, 4) (ranks beyond 4 sit on further chips of a trn2.48xlarge), time =
 max(bytes / bandwidth, FLOPs / peak). It is a roofline floor (no collective latency, no overlap loss), not
-a measurement.
+a measurement; ``--collective-us`` adds (collectives per step) x a latency the user names, as its own column.
 """
 
 from __future__ import annotations
@@ -22,16 +26,20 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
 from ..config import ZayaConfig
 from ..errors import ConfigError, NeuronUnavailableError
+from ..family import PUBLISHED, structure
 from .hlo import HloCost, analyse, parse_entry
 from ..model import ZayaModel
 from ..moe import TRN2_BF16_FLOPS, TRN2_HBM_BYTES_PER_S, block_size_for
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+LOGICAL_CORES_PER_CHIP = 4  # a Trainium2 chip at LNC 2 (8 physical NeuronCore-v3)
+INSTANCES = {"trn2.3xlarge": 1, "trn2.48xlarge": 16}  # Trainium2 chips
 
 
 def require_torch_xla():
@@ -80,6 +88,7 @@ class GraphCost:
     expert_flops: int  # the part of flops that multiplies expert weights
     collectives: dict  # opcode -> [count, bytes]
     ops: dict  # opcode -> count
+    host_fallbacks: dict  # host ops, dynamic shapes (hlo.HOST_OPS ...) and aten:: ops run on the host -> count
 
     @property
     def hbm_bytes(self) -> int:
@@ -101,7 +110,8 @@ class GraphCost:
                    ("weight_bytes", "expert_weight_bytes", "kv_bytes", "state_bytes", "materialised_bytes",
                     "selective_bytes", "flops", "expert_flops")}
         return GraphCost(**scalars, collectives=lin_dict(self.collectives, other.collectives),
-                         ops=lin_dict(self.ops, other.ops))
+                         ops=lin_dict(self.ops, other.ops), host_fallbacks=lin_dict(self.host_fallbacks,
+                                                                                      other.host_fallbacks))
 
 
 def _role(name: str) -> str:
@@ -112,8 +122,12 @@ def lower_step(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str,
                block_size: int | None = None):
     """Lower one rank's CTE (``graph='cte'``, input [batch, bucket]) or TKG (``graph='tkg'``, KV bucket
     ``bucket``) step; ``block_size`` overrides the blockwise MoE's choice (``moe.block_size_for``).
-    Returns (HLO text, parameter number -> (role, itemsize), output bytes by role)."""
+    Returns (HLO text, parameter number -> (role, itemsize), output bytes by role, aten:: ops torch-xla ran
+    on the host while tracing -> count)."""
     torch_xla, xm = require_torch_xla()
+    import torch_xla.debug.metrics as met
+
+    before = {n: met.counter_value(n) for n in met.counter_names()}
     dev = torch_xla.device()
     with torch.device("meta"):
         model = ZayaModel(config, XlaComm(tp, xm)).to(dtype)
@@ -152,6 +166,8 @@ def lower_step(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str,
     written = {"kv": sum(t.numel() * t.element_size() for s in steps for t in (s.key, s.value)),
                "state": sum(t.numel() * t.element_size() for s in steps for t in (s.conv, s.value_prev))}
     hlo = torch_xla._XLAC._get_xla_tensors_hlo(outputs)
+    fallbacks = {n: met.counter_value(n) - before.get(n, 0) for n in met.counter_names()
+                 if n.startswith("aten::") and met.counter_value(n) != before.get(n, 0)}
     ids_, values = torch_xla._XLAC._get_tensors_xla_device_data_node(outputs)
     for _, p in weights:
         tensors[torch_xla._XLAC._xla_get_tensor_id(p)] = (named[id(p)], p)
@@ -163,19 +179,20 @@ def lower_step(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str,
         if not list(t.shape) == list(value.shape) == hlo_shapes[number]:
             raise RuntimeError(f"HLO parameter {number} {hlo_shapes[number]} is not the tensor {list(t.shape)}")
         roles[number] = (role, t.element_size())
-    return hlo, roles, written
+    return hlo, roles, written, fallbacks
 
 
 def graph_cost(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype: torch.dtype,
                block_size: int | None = None) -> tuple:
-    hlo, roles, written = lower_step(config, tp, batch, bucket, graph, dtype, block_size)
+    hlo, roles, written, fallbacks = lower_step(config, tp, batch, bucket, graph, dtype, block_size)
     cost: HloCost = analyse(hlo, roles)
     read = cost.read_bytes
     return GraphCost(weight_bytes=read.get("weight", 0) + read.get("experts", 0),
                      expert_weight_bytes=read.get("experts", 0),
                      kv_bytes=read.get("kv", 0) + written["kv"], state_bytes=read.get("state", 0) + written["state"],
                      materialised_bytes=cost.materialised_bytes(), selective_bytes=cost.materialised_bytes(True),
-                     flops=cost.flops, expert_flops=cost.expert_flops, collectives=cost.collectives, ops=dict(cost.ops)), cost
+                     flops=cost.flops, expert_flops=cost.expert_flops, collectives=cost.collectives, ops=dict(cost.ops),
+                     host_fallbacks={**cost.host_fallbacks, **fallbacks}), cost
 
 
 def minimum(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype: torch.dtype) -> dict:
@@ -215,14 +232,25 @@ def minimum(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dt
             "state_bytes": state, "flops": 2 * macs, "expert_flops": expert_flops, "layer_expert_bytes": config.num_experts * expert_bytes}
 
 
+def check_instance(instance: str, tp: int) -> None:
+    cores = INSTANCES[instance] * LOGICAL_CORES_PER_CHIP
+    if not 1 <= tp <= cores:
+        raise ConfigError(f"--tp {tp} on {instance}: it has {cores} logical cores (LNC 2), one rank each; use "
+                          f"--tp 1..{cores}" + (" or --instance trn2.48xlarge." if cores < tp else "."))
+
+
 def trn2_ms(nbytes: int, flops: int, tp: int) -> float:
-    """ESTIMATE: one rank's roofline time on a trn2.3xlarge chip shared by tp ranks."""
-    return 1e3 * max(nbytes / (TRN2_HBM_BYTES_PER_S / tp), flops / (TRN2_BF16_FLOPS / tp))
+    """ESTIMATE: one rank's roofline time on its share of a Trainium2 chip: the chip over min(tp, 4) ranks
+    (tp > 4: one logical core per rank, on tp / 4 chips)."""
+    share = min(tp, LOGICAL_CORES_PER_CHIP)
+    return 1e3 * max(nbytes / (TRN2_HBM_BYTES_PER_S / share), flops / (TRN2_BF16_FLOPS / share))
 
 
 def case(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype: torch.dtype, layers: int,
-         block_size: int | None = None) -> dict:
-    """Lowered cost (extrapolated to the config's depth), the minimum and the estimates of one case."""
+         block_size: int | None = None, collective_us: float | None = None) -> dict:
+    """Lowered cost (extrapolated to the config's depth), the minimum and the estimates of one case; decode
+    (TKG) rows also give tokens/s (batch tokens per step), and ``collective_us`` (a per-collective latency
+    the caller names) a second estimate that adds it per collective of the step."""
     depth = config.num_hidden_layers
     if layers >= depth:
         cost, hlo = graph_cost(config, tp, batch, bucket, graph, dtype, block_size)
@@ -234,6 +262,9 @@ def case(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype
         cost = small.extrapolate(big, depth - layers)
     low = minimum(config, tp, batch, bucket, graph, dtype)
     low_bytes = low["weight_bytes"] + low["kv_bytes"] + low["state_bytes"]
+    estimate = trn2_ms(cost.hbm_bytes, cost.flops, tp)
+    count = sum(n for n, _ in cost.collectives.values())
+    with_collectives = None if collective_us is None else estimate + count * collective_us / 1e3
     return {
         "graph": graph, "tp": tp, "batch": batch, "bucket": bucket, "layers_lowered": min(layers, depth),
         "block_size": block_size or block_size_for(batch * bucket, config.num_experts) if graph == "cte" else None,
@@ -243,8 +274,9 @@ def case(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dtype
         "ratio_bytes": cost.hbm_bytes / low_bytes, "ratio_flops": cost.flops / low["flops"],
         "ratio_expert_flops": cost.expert_flops / low["expert_flops"],
         "ratio_expert_bytes_to_layer": cost.expert_weight_bytes / (depth * low["layer_expert_bytes"]),
-        "estimate_trn2_ms": trn2_ms(cost.hbm_bytes, cost.flops, tp),
-        "estimate_trn2_floor_ms": trn2_ms(low_bytes, low["flops"], tp),
+        "estimate_trn2_ms": estimate, "estimate_trn2_floor_ms": trn2_ms(low_bytes, low["flops"], tp),
+        "tokens_per_s": 1e3 / estimate * batch if graph == "tkg" else None,
+        "collectives_per_step": count, "estimate_with_collectives_ms": with_collectives,
         "materialised_ops": [asdict(m) for m in hlo.materialised],
     }
 
@@ -253,27 +285,47 @@ def _mib(n: float) -> str:
     return f"{n / 2 ** 20:,.1f}"
 
 
-def format_table(rows: list[dict]) -> str:
+def _rate(ms: float, batch: int) -> str:
+    return f"{1e3 / ms * batch:,.0f}"
+
+
+def format_table(rows: list[dict], collective_us: float | None = None) -> str:
+    """Decode rows give tokens/s (batch / step time); ``collective_us`` adds the column that prices the step's
+    collectives at that latency each."""
     head = ("| graph | B | bucket | block | weights read MiB | experts MiB (x layer) | materialised MiB (selective) "
             "| KV MiB | GFLOP | collectives (count, MiB) | bytes / min (unfused) | weight+KV / min | FLOPs / min (experts) "
-            "| est. trn2 ms (floor) |")
-    lines = [head, "|" + "---|" * 14]
+            "| est. trn2 ms (floor) | est. tok/s (floor) |")
+    if collective_us is not None:
+        head += f" + collectives at {collective_us:g} us: ms (tok/s) |"
+    lines = [head, "|" + "---|" * head.count(" |")]
     for r in rows:
         c = r["cost"]
         coll = ", ".join(f"{k} {v[0]:.0f} ({_mib(v[1])})" for k, v in sorted(c["collectives"].items()))
-        lines.append(
+        rate = (f"{_rate(r['estimate_trn2_ms'], r['batch'])} ({_rate(r['estimate_trn2_floor_ms'], r['batch'])})"
+                if r["graph"] == "tkg" else "-")
+        line = (
             f"| {r['graph']} | {r['batch']} | {r['bucket']} | {r['block_size'] or '-'} | {_mib(c['weight_bytes'])} | "
             f"{_mib(c['expert_weight_bytes'])} ({r['ratio_expert_bytes_to_layer']:.2f}) | "
             f"{_mib(c['materialised_bytes'])} ({_mib(c['selective_bytes'])}) | {_mib(c['kv_bytes'])} | "
             f"{c['flops'] / 1e9:,.1f} | {coll} | {r['ratio_bytes']:.2f} ({r['ratio_bytes_unfused']:.2f}) | "
             f"{r['ratio_weight_kv']:.2f} | "
-            f"{r['ratio_flops']:.2f} ({r['ratio_expert_flops']:.2f}) | {r['estimate_trn2_ms']:.3f} ({r['estimate_trn2_floor_ms']:.3f}) |")
+            f"{r['ratio_flops']:.2f} ({r['ratio_expert_flops']:.2f}) | {r['estimate_trn2_ms']:.3f} ({r['estimate_trn2_floor_ms']:.3f}) "
+            f"| {rate} |")
+        if collective_us is not None:
+            ms = r["estimate_with_collectives_ms"]
+            line += f" {ms:.3f} ({_rate(ms, r['batch']) if r['graph'] == 'tkg' else '-'}) |"
+        lines.append(line)
     return "\n".join(lines)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="checkpoint directory whose config.json to use (default: ZAYA1 real widths)")
+    p.add_argument("--model", help="checkpoint directory whose config.json to use, or the name of a published "
+                                   f"checkpoint whose rebuilt structure to use ({', '.join(PUBLISHED)}; "
+                                   "zaya1.family); default: ZAYA1 real widths")
     p.add_argument("--layers", type=int, default=2, help="decoder layers to lower; extrapolated to the config's depth")
+    p.add_argument("--instance", choices=sorted(INSTANCES), default="trn2.3xlarge",
+                   help="trn2.3xlarge: 1 chip (tp <= 4); trn2.48xlarge: 16 chips (tp <= 64); a rank's share of a "
+                        "chip is 1 / min(tp, 4)")
     p.add_argument("--tp", type=int, default=4)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     p.add_argument("--cte-buckets", type=int, nargs="*", default=[128, 512, 2048])
@@ -282,23 +334,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expert-dtype", choices=("model", "fp8"), default="model",
                    help="experts in --dtype, or fp8 e4m3 codes with row scales dequantized in the graph")
     p.add_argument("--block-size", type=int, help="CTE blockwise MoE block size (default: chosen from the bucket)")
+    p.add_argument("--collective-us", type=float,
+                   help="also print the estimate plus this latency (microseconds, your assumption) per collective")
     p.add_argument("--json", help="also write every case (with the materialised op list) to this file")
+
+
+def _config(model: str | None) -> ZayaConfig:
+    if model is None:
+        return ZayaConfig()
+    if model in PUBLISHED and not Path(model).exists():
+        return structure(model)
+    return ZayaConfig.from_pretrained(model)
 
 
 def run(args) -> int:
     require_torch_xla()
     if args.layers < 2:
         raise ConfigError(f"--layers {args.layers}: lower at least 2 layers (the first has no EDA state).")
-    config = ZayaConfig.from_pretrained(args.model) if args.model else ZayaConfig()
+    check_instance(args.instance, args.tp)
+    config = _config(args.model)
     if args.expert_dtype == "fp8":
         config = config.replace(expert_quantization="fp8")
     dtype = DTYPES[args.dtype]
-    rows = [case(config, args.tp, b, s, g, dtype, args.layers, args.block_size) for g, buckets in
-            (("cte", args.cte_buckets), ("tkg", args.tkg_buckets)) for b in args.batch for s in buckets]
-    print(f"one rank of tp={args.tp}, {args.dtype}, experts {config.expert_quantization or args.dtype}, "
-          f"{config.num_hidden_layers} layers (lowered {args.layers} "
-          f"and {args.layers + 1}, extrapolated); trn2 ms is an ESTIMATE (roofline, no measurement)")
-    print(format_table(rows))
+    rows = [case(config, args.tp, b, s, g, dtype, args.layers, args.block_size, args.collective_us)
+            for g, buckets in (("cte", args.cte_buckets), ("tkg", args.tkg_buckets)) for b in args.batch for s in buckets]
+    lowered = config.layer_types[:args.layers + 1]
+    print(f"one rank of tp={args.tp} on {args.instance}, {args.dtype}, experts "
+          f"{config.expert_quantization or args.dtype}, {config.num_hidden_layers} layers (lowered {args.layers} "
+          f"and {args.layers + 1}: {', '.join(lowered)}; extrapolated as layer {args.layers + 1}); trn2 ms is an "
+          f"ESTIMATE (roofline: no collective latency, no overlap loss; no measurement)")
+    print(format_table(rows, args.collective_us))
+    fallbacks: dict = {}
+    for r in rows:
+        for k, v in r["cost"]["host_fallbacks"].items():
+            fallbacks[k] = fallbacks.get(k, 0) + v
+    print("host fallbacks (custom calls, host transfers, dynamic shapes, aten:: ops run on the host): "
+          + (", ".join(f"{k} {v:g}" for k, v in sorted(fallbacks.items())) if fallbacks else "none in any graph"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -15,7 +15,9 @@ keep (name, opcode, output shapes, operands, attributes) and derive:
   the part of them whose operand is (a view or selection of) an expert weight;
 * collectives (all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute) with their output bytes
   (tensor outputs; torch-xla's scalar token is left out);
-* the op inventory (opcode -> count).
+* the op inventory (opcode -> count);
+* host fallbacks: custom calls, host transfers (send / recv / infeed / outfeed) and dynamic shapes (bounded
+  ``<=`` dimensions, get/set-dimension-size): a graph Neuron runs whole on the device has none.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ SELECTIONS = {"gather", "dynamic-slice", "slice"}
 MATERIALISING = {"gather", "concatenate", "dynamic-slice"}
 COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute"}
 MATERIALISED_MIN = 1 << 20
+HOST_OPS = {"custom-call", "send", "send-done", "recv", "recv-done", "infeed", "outfeed"}
+DYNAMIC_OPS = {"get-dimension-size", "set-dimension-size"}
 
 _SHAPE = re.compile(r"(pred|f8e\d+m\d+(?:fn)?|[a-z]+\d+)\[([^\]]*)\]")
 _NAME = re.compile(r"%([\w.\-]+)")
@@ -44,6 +48,7 @@ class Instr:
     shapes: list  # [(dtype, dims)], one per tuple element
     operands: list[str]
     attrs: str
+    dynamic: bool = False  # an output dimension is bounded-dynamic (``<=N``)
 
     @property
     def elements(self) -> int:
@@ -86,7 +91,7 @@ def _parse_line(line: str) -> Instr | None:
     shapes = [(dt, [int(d) for d in dims.replace("<=", "").split(",") if d]) for dt, dims in _SHAPE.findall(shape_text)]
     if opcode == "parameter":
         attrs = operand_text
-    return Instr(name, opcode, shapes, _NAME.findall(operand_text), attrs)
+    return Instr(name, opcode, shapes, _NAME.findall(operand_text), attrs, "<=" in shape_text)
 
 
 def parse_entry(hlo_text: str) -> list[Instr]:
@@ -131,6 +136,7 @@ class HloCost:
     materialised: list[Materialised] = field(default_factory=list)
     collectives: dict[str, list[int]] = field(default_factory=dict)  # opcode -> [count, bytes]
     ops: Counter = field(default_factory=Counter)
+    host_fallbacks: Counter = field(default_factory=Counter)  # opcode (or "dynamic-shape") -> count
 
     def materialised_bytes(self, selective: bool | None = None) -> int:
         return sum(m.nbytes for m in self.materialised if selective is None or m.selective == selective)
@@ -156,6 +162,10 @@ def analyse(hlo_text: str, roles: dict[int, tuple[str, int]]) -> HloCost:
     cost = HloCost()
     for instr in instrs:
         cost.ops[instr.opcode] += 1
+        if instr.opcode in HOST_OPS | DYNAMIC_OPS:
+            cost.host_fallbacks[instr.opcode] += 1
+        if instr.dynamic:
+            cost.host_fallbacks["dynamic-shape"] += 1
         if instr.opcode == "parameter":
             role, itemsize = roles.get(instr.parameter_number, ("scalar", DTYPE_BYTES[instr.shapes[0][0]]))
             origin[instr.name] = role
