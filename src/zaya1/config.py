@@ -33,6 +33,16 @@ EXPERT_FORMATS = (FP8, MXFP4)
 QUANTIZE_TO = (FP8,)  # the formats zaya1 writes from dense experts (quantization.quantize)
 MX_GROUP = 32
 _FORMATS = {"float-quantized": FP8, "naive-quantized": FP8, "mxfp4-pack-quantized": MXFP4}
+# the quantization_config a checkpoint of quantized experts carries, as compressed-tensors serializes it for
+# weight-only schemes over the experts only (fp8: per-row scales; mxfp4: e8m0 scales per 32 columns)
+_WRITTEN_FORMATS = {FP8: "naive-quantized", MXFP4: "mxfp4-pack-quantized"}
+_WRITTEN_WEIGHTS = {
+    FP8: {"num_bits": 8, "type": "float", "strategy": "channel", "symmetric": True, "dynamic": False,
+          "group_size": None},
+    MXFP4: {"num_bits": 4, "type": "float", "strategy": "group", "symmetric": True, "dynamic": False,
+            "group_size": MX_GROUP, "scale_dtype": "torch.uint8"},
+}
+EXPERTS_ONLY = "re:^(?!.*experts).*$"  # compressed-tensors' ignore: every module that is not an expert
 # canonical fields that Hugging Face-style configs carry under the same names (vLLM's ModelConfig, NxDI's
 # InferenceConfig and models/model_base.py read them there)
 HF_NAMED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -218,7 +228,8 @@ class ZayaConfig:
         """config.json in the Hugging Face layout (what upstream transformers >= 5.23 loads; the inverse of
         ``_fields_from_hf``). A router eps other than ``rms_norm_eps`` or a skip expert other than "zero" (the
         original layout's references) has no upstream field: it is written under zaya1's own name, which zaya1
-        reads back and transformers keeps as an unused attribute."""
+        reads back and transformers keeps as an unused attribute. Quantized experts carry the
+        compressed-tensors ``quantization_config`` of their format (``expert_format`` reads it back)."""
         types = {FULL: "hybrid", SLIDING: "hybrid_sliding"}
         eos = self.eos_token_id[0] if len(self.eos_token_id) == 1 else list(self.eos_token_id)
         hf = {"architectures": ["ZayaForCausalLM"], "model_type": "zaya",
@@ -239,6 +250,14 @@ class ZayaConfig:
             hf["router_norm_eps"] = self.router_norm_eps
         if self.skip_expert_output != "zero":
             hf["skip_expert_output"] = self.skip_expert_output
+        if self.expert_quantization is not None:
+            fmt = _WRITTEN_FORMATS[self.expert_quantization]
+            hf["quantization_config"] = {
+                "quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
+                "config_groups": {"group_0": {"targets": ["Linear"], "format": fmt, "input_activations": None,
+                                              "output_activations": None,
+                                              "weights": dict(_WRITTEN_WEIGHTS[self.expert_quantization])}},
+                "ignore": [EXPERTS_ONLY], "kv_cache_scheme": None, "sparsity_config": {}, "transform_config": {}}
         return hf
 
     def replace(self, **changes: Any) -> "ZayaConfig":

@@ -277,13 +277,15 @@ class ZayaForCausalLM(nn.Module):
         return load_model(cls, path, dtype=dtype, device=device, check_finite=check_finite, expert_dtype=expert_dtype,
                           **config_overrides)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, tokenizer_from: str | Path | None = None) -> Path:
         """Write this model as a Hugging Face-layout checkpoint (config.json, model.safetensors in the model's
         dtype, generation_config.json when it has generation settings): the one-step conversion of an
         original-layout checkpoint for transformers, vLLM and other tools. The directory appears only when
         complete. Fields the HF layout lacks (an original-layout router eps / skip expert) are kept under
-        zaya1's names, with a warning that transformers ignores them. See zaya1.hf_export."""
-        return save_pretrained(self, directory)
+        zaya1's names, with a warning that transformers ignores them. Quantized experts are written as held,
+        in the compressed-tensors format; ``tokenizer_from`` copies a checkpoint's tokenizer files along. See
+        zaya1.hf_export."""
+        return save_pretrained(self, directory, tokenizer_from)
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """transformers' count on its ZayaForCausalLM: every weight once (a tied lm_head is the embedding), not

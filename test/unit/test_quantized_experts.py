@@ -21,7 +21,7 @@ import zaya1
 from zaya1 import simulated_tp
 from zaya1.checkpoint import KEY_TABLES
 from zaya_testlib import (IGNORE, TOL, bf16_state, build_hf_checkpoint, compressed_tensors, hf_config, load_hf,
-                          max_diff, transformers_merges_zaya_experts, write_quantized)
+                          max_diff, save_tokenizer, transformers_merges_zaya_experts, write_quantized)
 
 pytestmark = pytest.mark.usefixtures("inference")
 
@@ -268,3 +268,51 @@ def test_fp8_experts_stacked_per_layer(quantized, tmp_path, report):
     ids = prompts(config.vocab_size, seed=8)
     assert report("fp8 experts stacked per layer vs transformers (per-expert original)",
                   max_diff(stacked(ids).logits, reference[torch.float32](ids).logits)) <= TOL
+
+
+def test_save_pretrained_writes_quantized_experts(quantized, bf16_pair, tmp_path, report):
+    """save_pretrained keeps quantized experts as they are held (a checkpoint's fp8 / mxfp4 experts, or fp8
+    quantized at load) and writes compressed-tensors' per-expert modules and quantization_config: compressed-
+    tensors accepts the config, zaya1 reads the same codes back, and transformers + compressed-tensors loads the
+    checkpoint to the same logits (the one-time conversion a native vLLM-Neuron deployment uses for fp8 experts
+    from a bf16 checkpoint)."""
+    from compressed_tensors.quantization import QuantizationConfig
+
+    name, kind, path, _ = quantized
+    sources = {"stored": zaya1.ZayaForCausalLM.from_pretrained(path)}
+    if kind == "fp8":
+        sources["quantized at load"] = zaya1.ZayaForCausalLM.from_pretrained(bf16_pair[0], expert_dtype="fp8")
+    for label, model in sources.items():
+        out = model.save_pretrained(tmp_path / label.replace(" ", "-"))
+        QuantizationConfig.model_validate(json.loads((out / "config.json").read_text())["quantization_config"])
+        again = zaya1.ZayaForCausalLM.from_pretrained(out)
+        assert again.config.expert_quantization == kind
+        held = dict(model.named_buffers())
+        assert all(torch.equal(buf, held[n]) for n, buf in again.named_buffers() if ".experts." in n)
+        with transformers_merges_zaya_experts():
+            theirs = load_hf(out)
+        for param in theirs.model.parameters():
+            param.data = param.data.float()  # mxfp4: the decompressor's bf16 (exact upcast)
+        ids = prompts(model.config.vocab_size, seed=9)
+        assert report(f"{name} experts ({label}) saved, transformers + compressed-tensors",
+                      max_diff(theirs(ids).logits, model(ids).logits)) <= TOL
+
+
+def test_quantize_command(bf16_pair, tmp_path, report):
+    """``zaya1 quantize SRC DST``: the bf16 checkpoint with fp8 experts, its tokenizer along; transformers +
+    compressed-tensors loads it to the logits it gives on compressed-tensors' own checkpoint of the weights."""
+    from zaya1.tools.cli import main
+
+    path, fp8, reference = bf16_pair
+    source = tmp_path / "with-tokenizer"
+    source.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (source / name).write_bytes((path / name).read_bytes())
+    save_tokenizer(source)
+    assert main(["quantize", str(source), str(tmp_path / "fp8")]) == 0
+    assert (tmp_path / "fp8" / "tokenizer.json").read_bytes() == (source / "tokenizer.json").read_bytes()
+    with transformers_merges_zaya_experts():
+        theirs = load_hf(tmp_path / "fp8")
+    ids = prompts(reference.config.vocab_size, seed=10)
+    assert report("zaya1 quantize output, transformers + compressed-tensors vs compressed-tensors' checkpoint",
+                  max_diff(theirs(ids).logits, reference(ids).logits)) <= TOL

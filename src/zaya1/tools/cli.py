@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,8 +16,10 @@ from ..neuron import compile_cli
 from . import bench
 from ..neuron import cost as cost_module
 from ..checkpoint import resolve_device, resolve_dtype
+from ..config import QUANTIZE_TO
 from ..errors import InputError, run_reporting_errors
 from ..generation_config import eos_ids
+from ..model import ZayaForCausalLM
 from ..streaming import TextStreamer
 from ..tokenizer import Tokenizer
 
@@ -190,6 +193,27 @@ def run_generate(args) -> int:
     return 0
 
 
+def _quantize_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="checkpoint directory (either layout, dense experts)")
+    p.add_argument("output", help="new directory for the HF-layout checkpoint (written atomically)")
+    p.add_argument("--expert-dtype", choices=QUANTIZE_TO, default=QUANTIZE_TO[0],
+                   help="fp8: e4m3 codes with one fp32 scale per row, as compressed-tensors quantizes them")
+    p.add_argument("--dtype", default="bfloat16", help="dtype of every other weight (default bfloat16)")
+
+
+def run_quantize(args) -> int:
+    """A checkpoint with quantized experts in the compressed-tensors format (transformers, vLLM and zaya1's
+    native vLLM-Neuron model load it), the rest of the weights in --dtype, the tokenizer files copied."""
+    start = time.perf_counter()
+    model = ZayaForCausalLM.from_pretrained(args.model, dtype=args.dtype, expert_dtype=args.expert_dtype)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = model.save_pretrained(args.output, tokenizer_from=args.model)
+    for warning in caught:
+        print(f"zaya1 quantize: warning: {warning.message}", file=sys.stderr)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"wrote {out} ({size / 2 ** 30:.2f} GiB, {args.expert_dtype} experts) in {time.perf_counter() - start:.0f} s")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_arguments(sub.add_parser("bench", help="benchmark zaya1 against transformers (scripts/benchmark.py)"))
     cost_module.add_arguments(sub.add_parser("cost", help="Trainium2 cost model of the lowered graphs (torch-xla)"))
     sub.add_parser("compile", help="compile for Trainium2 (zaya1 compile --help)", add_help=False)
+    _quantize_arguments(sub.add_parser("quantize", help="write a checkpoint with fp8 experts (compressed-tensors)"))
     args = parser.parse_args(argv)
-    runs = {"generate": run_generate, "bench": bench.run, "cost": cost_module.run}
+    runs = {"generate": run_generate, "bench": bench.run, "cost": cost_module.run, "quantize": run_quantize}
     return run_reporting_errors("zaya1", runs[args.command], args)
 
 
