@@ -353,8 +353,7 @@ def run(args) -> int:
         raise ConfigError(f"--layers {args.layers}: lower at least 2 layers (the first has no EDA state).")
     check_instance(args.instance, args.tp)
     config = _config(args.model)
-    if args.expert_dtype == "fp8":
-        config = config.replace(expert_quantization="fp8")
+    config = config.with_expert_dtype(None if args.expert_dtype == "model" else args.expert_dtype)
     dtype = DTYPES[args.dtype]
     rows = [case(config, args.tp, b, s, g, dtype, args.layers, args.block_size, args.collective_us)
             for g, buckets in (("cte", args.cte_buckets), ("tkg", args.tkg_buckets)) for b in args.batch for s in buckets]
