@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -297,15 +298,63 @@ def _check_keys(cfg: ZayaConfig, table: dict, present: set[str], path: Path) -> 
                               + ". Check that config.json belongs to these weights and that no shard is missing.")
 
 
-def load_into(model: torch.nn.Module, cfg: ZayaConfig, path: str | Path, check_finite: bool = False) -> None:
-    """Fill ``model``'s canonical parameters from the checkpoint at ``path``, one tensor at a time."""
+class _Destinations:
+    """Where each canonical tensor of the key table is written. Without ``complete``: the model's own
+    storage. With it (a model on the meta device): a CPU tensor of the target's shape, handed to
+    ``complete(name, tensor)`` once the last checkpoint key filling it has been read, then dropped, so the
+    caller keeps what it needs of each (one rank's shard) and memory holds one canonical tensor at a time.
+    Experts the model holds quantized while the checkpoint stores them dense (``expert_dtype``) are quantized
+    into their codes and scales here."""
+
+    def __init__(self, model: torch.nn.Module, table: dict, complete=None):
+        self.params = dict(model.named_parameters()) | dict(model.named_buffers())
+        self.quantizing = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedWeight)}
+        self.complete, self.filling = complete, {}
+        self.left = Counter(target for target, _ in table.values())
+
+    def storage(self, name: str) -> torch.Tensor:
+        if self.complete is None:
+            return self.params[name].data
+        if name not in self.filling:
+            self.filling[name] = torch.empty_like(self.params[name], device="cpu")
+        return self.filling[name]
+
+    def shape_of(self, target: str, index) -> torch.Tensor:
+        """A tensor of the shape and dtype ``target[index]`` takes (for the loader's checks)."""
+        if target in self.quantizing:
+            dest = torch.empty(self.quantizing[target].shape, device="meta")
+            return dest if index is None else dest[index]
+        return self.storage(target) if index is None else self.storage(target)[index]
+
+    def write(self, target: str, index, tensor: torch.Tensor) -> None:
+        if target in self.quantizing:
+            names = [f"{target}.codes", f"{target}.scale"]
+            _write_quantized(self.quantizing[target].kind, *map(self.storage, names), index, tensor)
+        else:
+            names = [target]  # copied: a tensor read may be a view of the file's memory map
+            (self.storage(target) if index is None else self.storage(target)[index]).copy_(tensor)
+        self.left[target] -= 1
+        if self.complete is not None and not self.left[target]:
+            for name in names:
+                self.complete(name, self.filling.pop(name))
+
+    def derived(self, name: str, tensor: torch.Tensor) -> None:
+        if self.complete is None:
+            self.params[name].data.copy_(tensor)
+        else:
+            self.complete(name, tensor.to(self.params[name].dtype))
+
+
+def load_into(model: torch.nn.Module, cfg: ZayaConfig, path: str | Path, check_finite: bool = False,
+              complete=None) -> None:
+    """Fill ``model``'s canonical parameters from the checkpoint at ``path``, one tensor at a time; or, with
+    ``complete`` and ``model`` on the meta device, hand each canonical tensor to ``complete(name, tensor)``
+    as soon as it is whole (per-rank loading: ``_Destinations``)."""
     path = Path(path)
     files = checkpoint_files(path)
     table = key_table(cfg, set(files))
     _check_keys(cfg, table, set(files), path)
-    params = dict(model.named_parameters()) | dict(model.named_buffers())
-    # experts the model holds quantized while the checkpoint stores them dense (expert_dtype): quantized here
-    quantizing = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedWeight)}
+    destinations = _Destinations(model, table, complete)
     by_file: dict[Path, list[str]] = {}
     for key in table:
         by_file.setdefault(files[key], []).append(key)
@@ -317,11 +366,7 @@ def load_into(model: torch.nn.Module, cfg: ZayaConfig, path: str | Path, check_f
             with _open(file) as f:
                 for key in run:
                     target, index = table[key]
-                    if target in quantizing:
-                        dest = torch.empty(quantizing[target].shape, device="meta")
-                        dest = dest if index is None else dest[index]
-                    else:
-                        dest = params[target].data if index is None else params[target].data[index]
+                    dest = destinations.shape_of(target, index)
                     try:
                         dtype = f.get_slice(key).get_dtype()
                     except (SafetensorError, OSError) as exc:
@@ -351,23 +396,20 @@ def load_into(model: torch.nn.Module, cfg: ZayaConfig, path: str | Path, check_f
                     if check_finite and stored is _FLOAT_STORAGE and not torch.isfinite(tensor).all():
                         raise CheckpointError(f"{file}: tensor {key!r} contains NaN or inf values; the checkpoint "
                                               f"is damaged: download it again.")
-                    if target in quantizing:
-                        _write_quantized(quantizing[target], index, tensor)
-                    else:
-                        dest.copy_(tensor)
+                    destinations.write(target, index, tensor)
                     bar.update()
     for key, tensor in derived_tensors(cfg).items():
-        params[key].data.copy_(tensor)
+        destinations.derived(key, tensor)
 
 
-def _write_quantized(weight: QuantizedWeight, index, dense: torch.Tensor) -> None:
-    """Quantize ``dense`` (the stored dtype's values) into ``weight``'s codes and scales at ``index``, one
-    expert at a time for a stacked tensor (bounded scratch memory)."""
+def _write_quantized(kind: str, codes: torch.Tensor, scales: torch.Tensor, index, dense: torch.Tensor) -> None:
+    """Quantize ``dense`` (the stored dtype's values) into ``codes`` and ``scales`` at ``index``, one expert at
+    a time for a stacked tensor (bounded scratch memory)."""
     for e, part in enumerate(dense.unbind(0) if index is None else [dense]):
         where = e if index is None else index
-        codes, scale = quantize(weight.kind, part)
-        weight.codes.data[where].copy_(codes)
-        weight.scale.data[where].copy_(scale)
+        part_codes, part_scale = quantize(kind, part)
+        codes[where].copy_(part_codes)
+        scales[where].copy_(part_scale)
 
 
 def load_model(cls, path, dtype=torch.float32, device="cpu", check_finite: bool = False,

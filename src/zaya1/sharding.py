@@ -149,20 +149,39 @@ def shard_tensor(key: str, tensor: torch.Tensor, config: ZayaConfig, tp: int, ra
     return tensor
 
 
+def group_mean_query(key: str, q_proj: torch.Tensor, config: ZayaConfig, tp: int, rank: int) -> dict:
+    """From a layer's whole q_proj (``key``), when a rank holds part of a KV group: the rank's mean query
+    projection of its KV group, a tensor only sharded models have."""
+    if AttentionShard.for_tp(config, tp).whole_groups or not key.endswith("self_attn.q_proj.weight"):
+        return {}
+    nkv, d = config.num_key_value_heads, config.head_dim
+    _, kv_heads = rank_heads(config, tp, rank)
+    mean = q_proj.view(nkv, -1, d, q_proj.shape[-1]).to(torch.float32).mean(dim=1).to(q_proj.dtype)
+    return {key.replace("q_proj", "q_group_mean_proj"): mean[kv_heads].reshape(-1, q_proj.shape[-1])}
+
+
+def embedding_rank(tp: int, rank: int) -> dict:
+    """The rank of the vocab-split embedding, a tensor only sharded models have."""
+    return {"model.embed_tokens.rank": torch.tensor([rank], dtype=torch.int32)} if tp > 1 else {}
+
+
 def rank_extras(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int, rank: int) -> dict:
     """Tensors only sharded models have: the rank of the vocab-split embedding and, when a rank holds part
     of a KV group, the group's mean query projection."""
-    extras = {}
-    if tp > 1:
-        extras["model.embed_tokens.rank"] = torch.tensor([rank], dtype=torch.int32)
-    if not AttentionShard.for_tp(config, tp).whole_groups:
-        nkv, d = config.num_key_value_heads, config.head_dim
-        _, kv_heads = rank_heads(config, tp, rank)
-        for i in range(config.num_hidden_layers):
-            wq = state_dict[f"model.layers.{i}.self_attn.q_proj.weight"]
-            mean = wq.view(nkv, -1, d, wq.shape[-1]).to(torch.float32).mean(dim=1).to(wq.dtype)
-            extras[f"model.layers.{i}.self_attn.q_group_mean_proj.weight"] = mean[kv_heads].reshape(-1, wq.shape[-1])
+    extras = embedding_rank(tp, rank)
+    for i in range(config.num_hidden_layers):
+        key = f"model.layers.{i}.self_attn.q_proj.weight"
+        extras |= group_mean_query(key, state_dict[key], config, tp, rank)
     return extras
+
+
+def rank_shards(key: str, tensor: torch.Tensor, config: ZayaConfig, tp: int, rank: int) -> dict:
+    """What rank ``rank`` keeps of the canonical tensor ``key`` (its shard and any tensor derived from it),
+    each owning its memory: for loading one canonical tensor at a time (checkpoint.load_into's
+    ``complete``); ``embedding_rank`` adds the embedding's rank."""
+    kept = {key: shard_tensor(key, tensor, config, tp, rank)} | group_mean_query(key, tensor, config, tp, rank)
+    return {k: t.clone() if t.untyped_storage().nbytes() > t.numel() * t.element_size() else t
+            for k, t in kept.items()}
 
 
 def rank_state_dict(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int, rank: int) -> dict:

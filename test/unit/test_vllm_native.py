@@ -7,16 +7,23 @@ standard is checked at real widths in test_accuracy.py."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import zaya1
 from zaya1 import ConfigError, InputError
 from zaya1.simulated_tp import thread_comms
 from zaya1.vllm_neuron import ZayaNativeForCausalLM, emulate, min_block_size
 from zaya1.vllm_neuron.sampler import candidate_scores, sample
 from zaya1.vllm_neuron.spec import kv_page_bytes, state_bytes
-from zaya_testlib import GOLDEN_DIR, TOL, max_diff, upstream
+from zaya_testlib import GOLDEN_DIR, TOL, max_diff, upstream, write_large_checkpoint
 
 pytestmark = pytest.mark.usefixtures("inference")
 
@@ -271,3 +278,44 @@ def test_emulate_refuses_sizes_the_plugin_would_not_have(tiny):
         emulate(m.path, [[5, m.config.vocab_size]], 1, max_model_len=64)
     with pytest.raises(InputError, match="one entry per prompt"):
         emulate(m.path, [[5], [6]], 1, max_model_len=64, teacher_forcing=[[1]])
+
+
+RANK_PEAK_SCRIPT = r"""
+import json, sys, types, torch
+from zaya1 import ZayaConfig
+from zaya1.vllm_neuron import ZayaNativeForCausalLM
+
+def peak_rss():  # this process image's high-water mark
+    with open("/proc/self/status") as f:
+        return 1024 * int(next(line for line in f if line.startswith("VmHWM")).split()[1])
+
+raw = ZayaConfig.from_pretrained(sys.argv[1]).to_dict()
+with torch.device("meta"):
+    model = ZayaNativeForCausalLM.from_configs(raw, types.SimpleNamespace(torch_dtype=torch.float32),
+                                               comm=types.SimpleNamespace(world_size=4, rank=1))
+before = peak_rss()
+model.load_weights(sys.argv[1])
+state = model.lm.state_dict()
+with torch.device("meta"):  # the canonical tensors' sizes
+    whole = ZayaNativeForCausalLM.from_configs(raw, types.SimpleNamespace(torch_dtype=torch.float32))
+print(json.dumps({"growth": peak_rss() - before, "shard": sum(t.numel() * t.element_size() for t in state.values()),
+                  "largest": max(t.numel() * t.element_size() for t in whole.lm.state_dict().values())}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_load_weights_holds_one_rank_not_the_checkpoint(tmp_path):
+    """A rank's process reads the checkpoint one canonical tensor at a time: its peak memory grows by its
+    shard plus a few times the largest canonical tensor (the one read, the file pages mapped while reading it,
+    its copy, a shard cut from it), not by the checkpoint (a rank of tp 4 on a ~480 MB float32 checkpoint of 8 layers;
+    the 74B with fp8 experts would otherwise need ~77 GB in each of a trn2.3xlarge's 4 rank processes)."""
+    size = write_large_checkpoint(tmp_path, layers=8, expert_width=512)
+    run = subprocess.run([sys.executable, "-c", RANK_PEAK_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                             [str(Path(zaya1.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])))
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads(run.stdout.strip().splitlines()[-1])
+    print(f"rank 1 of 4: peak RSS growth {r['growth'] / 2**20:.0f} MiB, shard {r['shard'] / 2**20:.0f} MiB, "
+          f"largest tensor {r['largest'] / 2**20:.0f} MiB, checkpoint {size / 2**20:.0f} MiB")
+    assert r["shard"] < 0.3 * size and r["largest"] < 0.1 * size
+    assert r["growth"] <= r["shard"] + 5 * r["largest"] < 0.65 * size  # reading it whole: 1.37 x the size

@@ -162,10 +162,11 @@ def build_hf_checkpoint(directory: Path, config: transformers.ZayaConfig, seed: 
     return load_hf(directory)
 
 
-def write_large_checkpoint(directory: Path) -> int:
-    """A ~355 MB float32 HF-layout checkpoint of random weights (for peak-memory tests); returns its size."""
-    cfg = upstream().ZayaConfig(vocab_size=4096, hidden_size=1024, num_hidden_layers=3, num_attention_heads=8,
-                                  num_key_value_heads=2, head_dim=128, num_experts=8, moe_intermediate_size=1024,
+def write_large_checkpoint(directory: Path, layers: int = 3, expert_width: int = 1024) -> int:
+    """A float32 HF-layout checkpoint of random weights (for peak-memory tests; ~355 MB by default); returns
+    its size."""
+    cfg = upstream().ZayaConfig(vocab_size=4096, hidden_size=1024, num_hidden_layers=layers, num_attention_heads=8,
+                                  num_key_value_heads=2, head_dim=128, num_experts=8, moe_intermediate_size=expert_width,
                                   router_hidden_size=64, tie_word_embeddings=True)
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in upstream().ZayaForCausalLM(cfg).state_dict().items()

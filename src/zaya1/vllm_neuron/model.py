@@ -27,7 +27,7 @@ from ..checkpoint import load_into, resolve_dtype
 from ..config import ZayaConfig
 from ..errors import ConfigError, InputError
 from ..model import ZayaForCausalLM
-from ..sharding import LocalComm, cca_state_shapes, rank_state_dict
+from ..sharding import LocalComm, cca_state_shapes, embedding_rank, rank_shards
 from . import paged
 from .sampler import sample
 from .spec import KVSpec, LayerSpec, RecurrentLayerSpec
@@ -108,11 +108,16 @@ class ZayaNativeForCausalLM(nn.Module):
 
     def load_weights(self, checkpoint_path: str | Path, device=None, cache_dir=None) -> None:
         """This rank's shard of the checkpoint (either layout; the sharding plan of zaya1.sharding, KV heads
-        replicated beyond 2 ranks). The whole checkpoint passes through host memory once per rank."""
-        full = ZayaForCausalLM.empty(self.config, dtype=self.dtype)
-        load_into(full, self.config, checkpoint_path)  # names, shapes and dtypes checked against the config
-        shard = rank_state_dict(full.state_dict(), self.config, self.comm.world_size, self.comm.rank)
-        del full
+        replicated beyond 2 ranks), read one canonical tensor at a time: a rank's process holds its shard plus
+        one whole tensor, not the whole checkpoint."""
+        tp, rank = self.comm.world_size, self.comm.rank
+        shard = embedding_rank(tp, rank)
+
+        def keep(name: str, tensor: torch.Tensor) -> None:
+            shard.update(rank_shards(name, tensor, self.config, tp, rank))
+
+        full = ZayaForCausalLM.empty(self.config, dtype=self.dtype, device="meta")
+        load_into(full, self.config, checkpoint_path, complete=keep)  # names, shapes, dtypes checked
         self.lm.load_state_dict(shard, strict=True, assign=True)
         self.lm.eval().requires_grad_(False)
         if device is not None:
