@@ -66,9 +66,11 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
         canonical = ZayaForCausalLM.from_pretrained(self.checkpoint_path, dtype=resolve_dtype(nc.torch_dtype),
                                                     expert_dtype=zaya.expert_quantization).state_dict()
         lm_head = canonical.pop("lm_head.weight", None)
-        state = neuron_state_dict(canonical, zaya, nc.tp_degree)
         # a tied head is a copy: NxD's save_file refuses tensors that share memory (as NxDI's llama clones it)
-        state["lm_head.weight"] = canonical["model.embed_tokens.weight"].clone() if lm_head is None else lm_head
+        lm_head = canonical["model.embed_tokens.weight"].clone() if lm_head is None else lm_head
+        # consume: each canonical tensor is dropped once its Neuron form exists (about one model in memory)
+        state = neuron_state_dict(canonical, zaya, nc.tp_degree, consume=True)
+        state["lm_head.weight"] = lm_head
         state["rank_util.rank"] = torch.arange(nc.tp_degree, dtype=torch.int32)
         return state
 
