@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from ..family import PUBLISHED, structure
 from .hlo import HloCost, analyse, parse_entry
 from ..model import ZayaModel
 from ..moe import TRN2_BF16_FLOPS, TRN2_HBM_BYTES_PER_S, block_size_for
+from ..sharding import cca_state_shapes
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 LOGICAL_CORES_PER_CHIP = 4  # a Trainium2 chip at LNC 2 (8 physical NeuronCore-v3)
@@ -157,9 +159,9 @@ def lower_step(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str,
         positions = put("input", torch.full((batch,), bucket - 1, dtype=torch.long))
         kv = [(put("kv", torch.zeros(batch, shard.kv_heads, bucket, d, dtype=dtype)),
                put("kv", torch.zeros(batch, shard.kv_heads, bucket, d, dtype=dtype))) for _ in model.layers]
-        channels = (shard.q_heads + shard.kv_heads) * d
-        states = [(put("state", torch.zeros(batch, channels, config.conv_state_len, dtype=dtype)),
-                   put("state", torch.zeros(batch, shard.kv_heads * d, dtype=dtype))) for _ in model.layers]
+        conv_shape, value_shape = cca_state_shapes(config, tp)
+        states = [(put("state", torch.zeros(batch, *conv_shape, dtype=dtype)),
+                   put("state", torch.zeros(batch, *value_shape, dtype=dtype))) for _ in model.layers]
         hidden, steps = model.decode(ids, positions, kv, states)
     logits = model.comm.all_gather(torch.nn.functional.linear(hidden, model.embed_tokens.weight), dim=-1)
     outputs = [logits] + [t for s in steps for t in (s.key, s.value, s.conv, s.value_prev)]
@@ -214,8 +216,7 @@ def minimum(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str, dt
                + model.input_scale.hidden_states_scale.numel() * 2) * size
     experts_read = layers * min(tokens, config.num_experts) * expert_bytes
     kv_token = 2 * model.shard.kv_heads * d * size * layers
-    state_seq = ((model.shard.q_heads + model.shard.kv_heads) * d * config.conv_state_len
-                 + model.shard.kv_heads * d) * size * layers
+    state_seq = sum(math.prod(shape) for shape in cca_state_shapes(config, tp)) * size * layers
     if graph == "cte":
         kv, state = batch * bucket * kv_token, batch * state_seq
         pairs = batch * bucket * (bucket + 1) // 2  # causal (query, key) pairs

@@ -42,7 +42,7 @@ from ..config import FP8, HF_NAMED_FIELDS, ZayaConfig
 from ..errors import ConfigError
 from ..model import ZayaModel
 from ..quantization import QuantizedWeight
-from ..sharding import AttentionShard, check_tp, partition_dim
+from ..sharding import cca_state_shapes, check_tp, partition_dim
 
 # NxDI releases (major, minor) this backend is tested with: 0.9 is Neuron SDK 2.29's, and the vendored source
 # the NxDI CPU stage runs (4bcdc54). zaya1 subclasses NxDI internals (KVCacheManager, the model wrapper's
@@ -248,10 +248,7 @@ class ZayaCacheManager(KVCacheManager):
         super().__init__(config, **kwargs)
         layers, rows, dtype = config.num_hidden_layers, self.kv_cache_batch_size, config.neuron_config.torch_dtype
         self.num_layers = layers
-        zaya = config.zaya_config
-        shard = AttentionShard.for_tp(zaya, config.neuron_config.tp_degree)
-        conv_shape = ((shard.q_heads + shard.kv_heads) * zaya.head_dim, zaya.conv_state_len)
-        value_shape = (shard.kv_heads * zaya.head_dim,)
+        conv_shape, value_shape = cca_state_shapes(config.zaya_config, config.neuron_config.tp_degree)
 
         def state(shape):
             return nn.Parameter(torch.zeros(rows, *shape, dtype=dtype), requires_grad=False)
