@@ -62,6 +62,7 @@ def test_lowering(name, tmp_path):
     out = tmp_path / "graphs.json"
     env = dict(os.environ, PJRT_DEVICE="CPU",
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    env.pop("NXD_CPU_MODE", None)  # NxDI's to_cpu() sets it in this process; lower_graphs.py chooses its own mode
     run = subprocess.run([sys.executable, "-W", "ignore", str(HERE / "lower_graphs.py"), *MODELS[name], "--out",
                           str(out)], env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
