@@ -26,11 +26,17 @@ checkpoint.py names the tensors.
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import torch
 from torch import nn
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from .config import FP8, MX_GROUP, QUANTIZE_TO
 from .errors import ConfigError
+from . import kernels
+from .kernels import neuron_graph
 
 # e2m1 magnitudes by the code's low three bits; bit 3 is the sign
 E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -46,12 +52,14 @@ def storage(kind: str, rows: int, cols: int) -> tuple[tuple[int, int, torch.dtyp
     return (rows, cols // 2, torch.uint8), (rows, cols // MX_GROUP, torch.uint8)
 
 
-def dequantize(kind: str, codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """codes [..., N, K'] and scales [..., N, S] -> dense weights [..., N, K] in ``dtype``."""
+def dequantize(kind: str, codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
+               table: torch.Tensor = _BYTES) -> torch.Tensor:
+    """codes [..., N, K'] and scales [..., N, S] -> dense weights [..., N, K] in ``dtype`` (``table``: the
+    mxfp4 byte decoder, an input of compiled graphs)."""
     if kind == FP8:
         return (codes.to(torch.float32) * scale.to(torch.float32)).to(dtype)
     # one table lookup per byte (4x faster than unpacking nibbles on CPU)
-    values = torch.index_select(_BYTES.to(codes.device), 0, codes.reshape(-1).to(torch.int32))
+    values = torch.index_select(table.to(codes.device), 0, codes.reshape(-1).to(torch.int32))
     values = values.view(*codes.shape[:-1], 2 * codes.shape[-1])  # [..., N, K]
     factor = torch.exp2(scale.to(torch.float32) - 127)  # exact powers of two
     return (values.unflatten(-1, (-1, MX_GROUP)) * factor[..., None]).flatten(-2).to(dtype)
@@ -68,6 +76,33 @@ def quantize(kind: str, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     scale = torch.where(scale == 0, torch.finfo(scale.dtype).eps, scale)
     codes = torch.clamp(weight / scale, -FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return codes, scale.to(torch.float32)
+
+
+_graphs: dict = {}  # (format, codes shape, scale shape, dtype) -> ``dequantize`` compiled by inductor
+_compiling = threading.Lock()
+
+
+def compiled_dequantize(kind: str, codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``dequantize`` compiled by inductor once per format, shapes and dtype (one vectorised pass; eager
+    PyTorch converts fp8 element by element), called without torch.compile's guards (fixed shapes)."""
+    key = (kind, tuple(codes.shape), tuple(scale.shape), dtype)
+    graph = _graphs.get(key)
+    if graph is None:
+        with _compiling:
+            graph = _graphs.get(key) or torch._inductor.compile(
+                make_fx(lambda c, s, t: dequantize(kind, c, s, dtype, t), tracing_mode="fake")(codes, scale, _BYTES),
+                [codes, scale, _BYTES])
+            _graphs[key] = graph
+    return graph(codes, scale, _BYTES)
+
+
+def dequantize_on_cpu(kind: str, codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``dequantize`` of eager CPU code by the faster of eager and ``compiled_dequantize``, measured once per
+    shape on this machine (kernels.TUNER; the compiled graph must give the same bits)."""
+    key = f"dequantize {kind} {'x'.join(map(str, codes.shape))} {dtype} threads{torch.get_num_threads()}"
+    calls = {"eager": functools.partial(dequantize, kind, codes, scale, dtype),
+             "compiled": functools.partial(compiled_dequantize, kind, codes, scale, dtype)}
+    return calls[kernels.TUNER.choose(key, calls, "eager", torch.equal)]()
 
 
 class QuantizedWeight(nn.Module):
@@ -96,7 +131,10 @@ class QuantizedWeight(nn.Module):
         return self.codes[index], self.scale[index]
 
     def __getitem__(self, index) -> torch.Tensor:
-        return dequantize(self.kind, *self.stored(index), self.dtype)
+        codes, scale = self.stored(index)
+        if codes.device.type == "cpu" and not (torch.compiler.is_compiling() or neuron_graph(codes)):
+            return dequantize_on_cpu(self.kind, codes, scale, self.dtype)
+        return dequantize(self.kind, codes, scale, self.dtype)
 
     def _apply(self, fn, recurse=True):
         probe = fn(torch.empty(0, dtype=self.dtype, device=self.codes.device))

@@ -316,3 +316,27 @@ def test_quantize_command(bf16_pair, tmp_path, report):
     ids = prompts(reference.config.vocab_size, seed=10)
     assert report("zaya1 quantize output, transformers + compressed-tensors vs compressed-tensors' checkpoint",
                   max_diff(theirs(ids).logits, reference(ids).logits)) <= TOL
+
+
+@pytest.mark.parametrize("kind", ["fp8", "mxfp4"])
+def test_cpu_dequantization_is_measured_and_exact(kind):
+    """Eager CPU code dequantizes experts by the faster of eager PyTorch and an inductor-compiled graph,
+    measured once per shape on this machine: whichever is chosen gives the bits of the formula
+    (``dequantize``, transformers' own), and the choice is recorded with both timings."""
+    from zaya1 import kernels
+    from zaya1.quantization import QuantizedWeight, compiled_dequantize, dequantize
+
+    weight = QuantizedWeight(kind, 3, 64, 96).to(torch.bfloat16)
+    gen = torch.Generator().manual_seed(0)
+    if kind == "fp8":
+        weight.codes.copy_((torch.randn(weight.codes.shape, generator=gen) * 40).to(torch.float8_e4m3fn))
+        weight.scale.copy_(torch.rand(weight.scale.shape, generator=gen))
+    else:
+        weight.codes.copy_(torch.randint(0, 256, weight.codes.shape, generator=gen, dtype=torch.uint8))
+        weight.scale.copy_(torch.randint(115, 135, weight.scale.shape, generator=gen, dtype=torch.uint8))
+    expected = dequantize(kind, weight.codes[1], weight.scale[1], torch.bfloat16)
+    assert torch.equal(compiled_dequantize(kind, weight.codes[1], weight.scale[1], torch.bfloat16), expected)
+    assert torch.equal(weight[1], expected)
+    entry = kernels.TUNER.entries[f"dequantize {kind} 64x{96 if kind == 'fp8' else 48} torch.bfloat16 "
+                                  f"threads{torch.get_num_threads()}"]
+    assert entry["choice"] in ("eager", "compiled") and set(entry["ms"]) == {"eager", "compiled"}
