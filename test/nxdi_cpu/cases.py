@@ -256,7 +256,8 @@ def case_fp8_experts(tp: int, root: str) -> dict:
     """``expert_dtype="fp8"`` (zaya1 compile --expert-dtype fp8) from a bf16 checkpoint: NxD shards and loads
     the fp8 codes and row scales as they are (1 byte per expert weight on every rank) and the graphs give the
     CPU model's fp8 logits (whose quantization equals compressed-tensors' and whose logits equal transformers
-    + compressed-tensors: test/unit/test_quantized_experts.py)."""
+    + compressed-tensors: test/unit/test_quantized_experts.py). The same experts stored in a compressed-tensors
+    checkpoint compile as stored."""
     path = bf16_checkpoint(Path(root))
     model = neuron_model(path, tp, overrides={"expert_dtype": "fp8"})
     cpu = ZayaForCausalLM.from_pretrained(path, expert_dtype="fp8")
@@ -267,7 +268,20 @@ def case_fp8_experts(tp: int, root: str) -> dict:
     logits = teacher_forced_logits(model, prompts, tokens[:, :-1])
     experts = model.context_encoding_model.model.model.layers[0].mlp.experts
     local = cpu.config.moe_intermediate_size // tp
+    # a checkpoint stored with fp8 experts (compressed-tensors format, as `zaya1 quantize` writes it) compiles
+    # as stored, without the flag
+    stored = Path(root) / "gqa-fp8-stored"
+    if torch.distributed.get_rank() == 0 and not (stored / "config.json").is_file():
+        cpu.save_pretrained(stored)
+    torch.distributed.barrier()  # every rank reads it once it is whole (to_cpu() has set up the gloo group)
+    stored_model = neuron_model(stored, tp)
+    stored_tokens = stored_model.generate(prompts, max_new_tokens=8, eos_token_id=[])[:, prompts.shape[1]:]
     return {"vs_cpu": diff(logits, teacher_forced_logits(cpu, prompts, tokens[:, :-1])),
+            "stored_vs_cpu": diff(teacher_forced_logits(stored_model, prompts, tokens[:, :-1]),
+                                  teacher_forced_logits(ZayaForCausalLM.from_pretrained(stored), prompts,
+                                                        tokens[:, :-1])),
+            "stored_tokens_equal": bool((stored_tokens == tokens).all()),
+            "stored_manifest_expert_dtype": stored_model.manifest.expert_dtype,
             "vs_dense_bf16_weights": diff(logits, teacher_forced_logits(dense, prompts, tokens[:, :-1])),
             "tokens_equal": bool((ours == tokens).all()), "codes_dtype": str(experts.gate_up_proj.codes.dtype),
             "codes_shape": list(experts.gate_up_proj.codes.shape), "local_rows": 2 * local,

@@ -44,6 +44,7 @@ from neuronx_distributed.trace.mock_torchdist import mock_distributed  # noqa: E
 
 from zaya1.config import ZayaConfig  # noqa: E402
 from zaya1.neuron import ZayaInferenceConfig, ZayaNeuronConfig  # noqa: E402
+from zaya1.neuron.artifacts import EXPERT_DTYPES, expert_dtype_flag  # noqa: E402
 from zaya1.neuron.modeling import NeuronZayaModel  # noqa: E402
 
 # ZayaConfig's defaults are ZAYA1's real widths; one hybrid layer
@@ -91,7 +92,7 @@ def main() -> None:
     p.add_argument("--bucket", type=int, default=32, help="context-encoding bucket")
     p.add_argument("--tkg-buckets", default="32,64", help="token-generation buckets (KV lengths) to lower")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--expert-dtype", choices=("model", "fp8"), default="model")
+    p.add_argument("--expert-dtype", choices=EXPERT_DTYPES, default="model")
     p.add_argument("--execute", action="store_true")
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -101,7 +102,7 @@ def main() -> None:
                           max_context_length=args.bucket, torch_dtype=getattr(torch, args.dtype),
                           is_continuous_batching=cb,
                           ctx_batch_size=1 if cb else args.batch)
-    expert_dtype = None if args.expert_dtype == "model" else args.expert_dtype
+    expert_dtype = expert_dtype_flag(args.expert_dtype)
     if args.model == "real-width":
         zaya = ZayaConfig(**REAL_WIDTH).with_expert_dtype(expert_dtype)
         config = ZayaInferenceConfig(nc, load_config=lambda c: setattr(c, "zaya", zaya.to_dict()))

@@ -52,6 +52,7 @@ def check(name: str, r: dict) -> None:
         assert r["scaled_golden"] == "Test fails logit validation.", r
     elif name == "fp8_experts":
         assert r["vs_cpu"] <= TOL and r["tokens_equal"] and r["manifest_expert_dtype"] == "fp8", r
+        assert r["stored_vs_cpu"] <= TOL and r["stored_tokens_equal"] and r["stored_manifest_expert_dtype"] == "fp8", r
         assert r["vs_dense_bf16_weights"] > 10 * TOL, r  # the experts really are quantized
         assert r["codes_dtype"] == "torch.float8_e4m3fn" and r["codes_shape"][1] == r["local_rows"], r
     elif name == "on_device_sampling":

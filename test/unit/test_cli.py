@@ -184,6 +184,18 @@ def test_compile_command_and_script(command):
     assert "dry run: settings valid" in out.stdout and "ZAYA1 original layout" in out.stdout
 
 
+def test_compile_refuses_mxfp4_experts_first(capsys, tmp_path):
+    """An mxfp4-experts checkpoint (config.json is enough for --dry-run) is refused in one line that names
+    the format and the NxDI backend, before any plan is printed."""
+    config = json.loads((GOLDEN / "hf-layout" / "config.json").read_text()) | {"moe_intermediate_size": 32}
+    mxfp4 = zaya1.ZayaConfig.from_dict(config).replace(expert_quantization="mxfp4").to_hf_dict()  # 32-column groups
+    (tmp_path / "config.json").write_text(json.dumps(config | {"quantization_config": mxfp4["quantization_config"]}))
+    code, out, err = run(capsys, "compile", "--model-path", tmp_path, "--compiled-model-path", tmp_path / "out",
+                         "--tp-degree", 1, "--seq-len", 256, "--max-context-length", 128, "--dry-run")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert "mxfp4 experts" in err and "not supported by the NxDI backend" in err and len(err.splitlines()) == 1
+
+
 def test_compile_dry_run_with_fp8_experts(capsys):
     """--expert-dtype fp8 plans fp8 experts (1 byte per expert weight + fp32 row scales, from the golden
     config's own shapes) and records them in the manifest a compile would write."""

@@ -310,6 +310,8 @@ def test_quantize_command(bf16_pair, tmp_path, report):
         (source / name).write_bytes((path / name).read_bytes())
     save_tokenizer(source)
     assert main(["quantize", str(source), str(tmp_path / "fp8")]) == 0
+    assert main(["quantize", str(source), str(source) + "/"]) == 2  # never over its own source
+    assert (source / "model.safetensors").read_bytes() == (path / "model.safetensors").read_bytes()
     assert (tmp_path / "fp8" / "tokenizer.json").read_bytes() == (source / "tokenizer.json").read_bytes()
     with transformers_merges_zaya_experts():
         theirs = load_hf(tmp_path / "fp8")
@@ -340,3 +342,14 @@ def test_cpu_dequantization_is_measured_and_exact(kind):
     entry = kernels.TUNER.entries[f"dequantize {kind} 64x{96 if kind == 'fp8' else 48} torch.bfloat16 "
                                   f"threads{torch.get_num_threads()}"]
     assert entry["choice"] in ("eager", "compiled") and set(entry["ms"]) == {"eager", "compiled"}
+
+
+def test_fp8_quantized_at_load_under_simulated_tp(bf16_pair, report):
+    """expert_dtype="fp8" with simulated tensor parallelism: each rank holds its slice of the same codes and
+    scales, and the logits are transformers + compressed-tensors' on compressed-tensors' own checkpoint."""
+    path, _, reference = bf16_pair
+    model = simulated_tp.from_pretrained(path, 2, expert_dtype="fp8")
+    assert model.ranks[1].model.layers[0].mlp.experts.gate_up_proj.codes.dtype == torch.float8_e4m3fn
+    ids = prompts(model.config.vocab_size, seed=11)
+    assert report("fp8 experts quantized at load, simulated tp 2, vs transformers + compressed-tensors",
+                  max_diff(model(ids).logits, reference(ids).logits)) <= TOL

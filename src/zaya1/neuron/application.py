@@ -18,7 +18,8 @@ import torch
 from neuronx_distributed_inference.models.model_base import NeuronBaseForCausalLM
 from neuronx_distributed_inference.modules.generation.sampling import prepare_sampling_params
 
-from .artifacts import MANIFEST_NAME, ArtifactManifest, check_manifest, check_request, load_manifest
+from .artifacts import (MANIFEST_NAME, ArtifactManifest, check_manifest, check_request, graph_expert_dtype,
+                        load_manifest)
 from ..checkpoint import resolve_dtype
 from ..errors import ArtifactError, InputError
 from ..generation import SamplingParams, generate
@@ -96,7 +97,7 @@ class NeuronZayaForCausalLM(NeuronBaseForCausalLM):
                       max_context_length=nc.max_context_length, buckets=nc.context_encoding_buckets,
                       dtype=nc.torch_dtype, on_device_sampling=nc.on_device_sampling_config is not None,
                       token_generation_buckets=nc.token_generation_buckets,
-                      expert_dtype=self.config.zaya_config.expert_quantization or "model")
+                      expert_dtype=graph_expert_dtype(self.config.zaya_config, self.checkpoint_path))
         if fingerprint is not None:
             return ArtifactManifest(checkpoint_fingerprint=fingerprint, **fields)
         return ArtifactManifest.for_checkpoint(self.checkpoint_path, **fields)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..atomic import atomic_dir, ensure_parent, unwritable
+from ..config import FP8, ZayaConfig
 from ..errors import ArtifactError, CheckpointError, CheckpointNotFoundError, ConfigError, InputError
 from ..version import __version__
 
@@ -72,6 +73,22 @@ def neuron_sdk_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return versions
+
+
+def expert_dtype_flag(flag: str) -> str | None:
+    """--expert-dtype as ZayaConfig.with_expert_dtype takes it (None: the experts as the checkpoint stores them)."""
+    return None if flag == "model" else flag
+
+
+def graph_expert_dtype(zaya: ZayaConfig, where: str) -> str:
+    """The experts' dtype in the NxDI graphs ("model" or "fp8", as the manifest records it); ConfigError for
+    a format the NxDI backend does not compile (mxfp4: the native vLLM-Neuron model runs it)."""
+    if zaya.expert_quantization not in (None, FP8):
+        raise ConfigError(f"{where}: {zaya.expert_quantization} experts (config.json's quantization_config) are "
+                          f"not supported by the NxDI backend, which holds experts in the model dtype or fp8. "
+                          f"Compile the bf16 checkpoint (e.g. Zyphra/ZAYA1-8B), with --expert-dtype fp8 for "
+                          f"fp8 experts.")
+    return zaya.expert_quantization or "model"
 
 
 def _positive_int(value: Any) -> bool:

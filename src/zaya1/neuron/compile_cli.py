@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..config import ZayaConfig
-from .artifacts import ArtifactManifest, atomic_output_dir
+from .artifacts import EXPERT_DTYPES, ArtifactManifest, atomic_output_dir, expert_dtype_flag, graph_expert_dtype
 from ..checkpoint import resolve_dtype
 from ..errors import ConfigError, run_reporting_errors
 from ..sharding import check_tp
@@ -68,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--continuous-batching", action="store_true", help="for vLLM: prefill one sequence at a time")
     p.add_argument("--no-save-sharded", action="store_true", help="shard weights at load time instead")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan; no Neuron SDK needed")
-    p.add_argument("--expert-dtype", choices=("model", "fp8"), default="model",
+    p.add_argument("--expert-dtype", choices=EXPERT_DTYPES, default="model",
                    help="experts in --dtype (default; a checkpoint of fp8 experts keeps them) or fp8 e4m3 with "
                         "row scales, quantized from the dense checkpoint as compressed-tensors does (half the "
                         "expert bytes each decode step reads)")
@@ -81,7 +81,8 @@ def plan(args) -> tuple[ZayaConfig, ArtifactManifest | None]:
     if args.seq_len > zaya.max_position_embeddings:
         raise ConfigError(f"--seq-len {args.seq_len} exceeds max_position_embeddings={zaya.max_position_embeddings} "
                           f"of {args.model_path}/config.json; lower --seq-len.")
-    planned = zaya.with_expert_dtype(expert_dtype(args), args.model_path)
+    planned = zaya.with_expert_dtype(expert_dtype_flag(args.expert_dtype), args.model_path)
+    experts = graph_expert_dtype(planned, args.model_path)  # before the plan: a format NxDI cannot compile
     print(f"ZAYA1 {zaya.layout} layout: {zaya.num_hidden_layers} layers, hidden {zaya.hidden_size}, "
           f"{zaya.num_attention_heads} q / {zaya.num_key_value_heads} KV heads of {zaya.head_dim}, "
           f"{zaya.num_experts} experts x {zaya.moe_intermediate_size}, vocab {zaya.vocab_size}, experts "
@@ -95,7 +96,7 @@ def plan(args) -> tuple[ZayaConfig, ArtifactManifest | None]:
     manifest = ArtifactManifest.for_checkpoint(
         args.model_path, tp_degree=args.tp_degree, batch_size=args.batch_size, seq_len=args.seq_len,
         max_context_length=args.max_context_length, buckets=_ints(args.buckets), dtype=args.dtype,
-        on_device_sampling=args.on_device_sampling is not None, expert_dtype=planned.expert_quantization or "model",
+        on_device_sampling=args.on_device_sampling is not None, expert_dtype=experts,
         token_generation_buckets=_ints(args.token_generation_buckets, "--token-generation-buckets"))
     print(f"  context-encoding buckets {manifest.buckets}, token-generation buckets "
           f"{manifest.token_generation_buckets}, batch {args.batch_size}, dtype {manifest.dtype}, experts "
@@ -107,11 +108,6 @@ def plan(args) -> tuple[ZayaConfig, ArtifactManifest | None]:
               f"largest known to compile (neuronx-cc crashed with NCC_ITEN404 on buckets >= 1024, docs/trainium.md); "
               f"use --buckets 128,256,512 --max-context-length 512 unless you are testing that", file=sys.stderr)
     return zaya, manifest
-
-
-def expert_dtype(args) -> str | None:
-    """--expert-dtype as ZayaConfig.with_expert_dtype takes it (None: the experts as the checkpoint stores them)."""
-    return None if args.expert_dtype == "model" else args.expert_dtype
 
 
 def neuron_config(args):
@@ -138,7 +134,8 @@ def compile_model(args) -> int:
         return 0
     from zaya1.neuron import NeuronZayaForCausalLM, ZayaInferenceConfig
 
-    config = ZayaInferenceConfig.from_checkpoint(args.model_path, neuron_config(args), expert_dtype=expert_dtype(args))
+    config = ZayaInferenceConfig.from_checkpoint(args.model_path, neuron_config(args),
+                                                 expert_dtype=expert_dtype_flag(args.expert_dtype))
     start = time.perf_counter()
     with atomic_output_dir(args.compiled_model_path, manifest) as tmp:
         print(f"compiling into {tmp} (moved to {args.compiled_model_path} when complete) ...", flush=True)

@@ -34,6 +34,7 @@ import torch
 from ..config import ZayaConfig
 from ..errors import ConfigError, NeuronUnavailableError
 from ..family import PUBLISHED, structure
+from .artifacts import EXPERT_DTYPES, expert_dtype_flag
 from .hlo import HloCost, analyse, parse_entry
 from ..model import ZayaModel
 from ..moe import TRN2_BF16_FLOPS, TRN2_HBM_BYTES_PER_S, block_size_for
@@ -332,7 +333,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cte-buckets", type=int, nargs="*", default=[128, 512, 2048])
     p.add_argument("--tkg-buckets", type=int, nargs="*", default=[4096])
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
-    p.add_argument("--expert-dtype", choices=("model", "fp8"), default="model",
+    p.add_argument("--expert-dtype", choices=EXPERT_DTYPES, default="model",
                    help="experts in --dtype, or fp8 e4m3 codes with row scales dequantized in the graph")
     p.add_argument("--block-size", type=int, help="CTE blockwise MoE block size (default: chosen from the bucket)")
     p.add_argument("--collective-us", type=float,
@@ -354,7 +355,7 @@ def run(args) -> int:
         raise ConfigError(f"--layers {args.layers}: lower at least 2 layers (the first has no EDA state).")
     check_instance(args.instance, args.tp)
     config = _config(args.model)
-    config = config.with_expert_dtype(None if args.expert_dtype == "model" else args.expert_dtype)
+    config = config.with_expert_dtype(expert_dtype_flag(args.expert_dtype))
     dtype = DTYPES[args.dtype]
     rows = [case(config, args.tp, b, s, g, dtype, args.layers, args.block_size, args.collective_us)
             for g, buckets in (("cte", args.cte_buckets), ("tkg", args.tkg_buckets)) for b in args.batch for s in buckets]

@@ -38,11 +38,12 @@ from neuronx_distributed_inference.modules.generation.sampling import create_sam
 from neuronx_distributed_inference.modules.kvcache.kv_cache_manager import KVCacheManager
 from neuronx_distributed_inference.modules.kvcache.utils import update_cache_const_indices
 
-from ..config import FP8, HF_NAMED_FIELDS, ZayaConfig
+from ..config import HF_NAMED_FIELDS, ZayaConfig
 from ..errors import ConfigError
 from ..model import ZayaModel
 from ..quantization import QuantizedWeight
 from ..sharding import cca_state_shapes, check_tp, partition_dim
+from .artifacts import graph_expert_dtype
 
 # NxDI releases (major, minor) this backend is tested with: 0.9 is Neuron SDK 2.29's, and the vendored source
 # the NxDI CPU stage runs (4bcdc54). zaya1 subclasses NxDI internals (KVCacheManager, the model wrapper's
@@ -155,12 +156,7 @@ class ZayaInferenceConfig(InferenceConfig):
             self.zaya = ZayaConfig.from_pretrained(self._name_or_path).to_dict()
         zaya = self.zaya_config
         check_tp(zaya, self.neuron_config.tp_degree)
-        if zaya.expert_quantization not in (None, FP8):
-            where = getattr(self, "_name_or_path", None) or "config.json"
-            raise ConfigError(f"{where}: {zaya.expert_quantization} experts (config.json's quantization_config) are "
-                              f"not supported by the NxDI backend, which holds experts in the model dtype or fp8. "
-                              f"Compile the bf16 checkpoint (e.g. Zyphra/ZAYA1-8B), with --expert-dtype fp8 for "
-                              f"fp8 experts.")
+        graph_expert_dtype(zaya, getattr(self, "_name_or_path", None) or "config.json")
         check_nxdi_version()
         if int(os.environ.get("NEURON_COMBINE_KV_ALLOCATIONS", "0")) and zaya.num_hidden_layers % 2:
             raise ConfigError(f"NEURON_COMBINE_KV_ALLOCATIONS is set: NxD allocates past_key_values in pairs, which "

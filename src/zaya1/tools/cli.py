@@ -19,6 +19,7 @@ from ..checkpoint import resolve_device, resolve_dtype
 from ..config import QUANTIZE_TO
 from ..errors import InputError, run_reporting_errors
 from ..generation_config import eos_ids
+from ..hf_export import TOKENIZER_FILES
 from ..model import ZayaForCausalLM
 from ..streaming import TextStreamer
 from ..tokenizer import Tokenizer
@@ -204,6 +205,9 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
 def run_quantize(args) -> int:
     """A checkpoint with quantized experts in the compressed-tensors format (transformers, vLLM and zaya1's
     native vLLM-Neuron model load it), the rest of the weights in --dtype, the tokenizer files copied."""
+    if Path(args.output).resolve() == Path(args.model).resolve():
+        raise InputError(f"{args.output} is the checkpoint being quantized: writing there would replace it. "
+                         f"Give a new output directory.")
     start = time.perf_counter()
     model = ZayaForCausalLM.from_pretrained(args.model, dtype=args.dtype, expert_dtype=args.expert_dtype)
     with warnings.catch_warnings(record=True) as caught:
@@ -211,8 +215,13 @@ def run_quantize(args) -> int:
         out = model.save_pretrained(args.output, tokenizer_from=args.model)
     for warning in caught:
         print(f"zaya1 quantize: warning: {warning.message}", file=sys.stderr)
+    tokenizer = sorted(name for name in TOKENIZER_FILES if (out / name).is_file())
+    if not tokenizer:
+        print(f"zaya1 quantize: warning: {args.model} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+              f"copy them to {out} to generate text from it", file=sys.stderr)
     size = sum(f.stat().st_size for f in out.iterdir())
-    print(f"wrote {out} ({size / 2 ** 30:.2f} GiB, {args.expert_dtype} experts) in {time.perf_counter() - start:.0f} s")
+    print(f"wrote {out} ({size / 2 ** 30:.2f} GiB, {args.expert_dtype} experts; tokenizer files: "
+          f"{', '.join(tokenizer) or 'none'}) in {time.perf_counter() - start:.0f} s")
     return 0
 
 
