@@ -85,6 +85,7 @@ _compiling = threading.Lock()
 def compiled_dequantize(kind: str, codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``dequantize`` compiled by inductor once per format, shapes and dtype (one vectorised pass; eager
     PyTorch converts fp8 element by element), called without torch.compile's guards (fixed shapes)."""
+    codes, scale = codes.contiguous(), scale.contiguous()  # the layout the graph is compiled for
     key = (kind, tuple(codes.shape), tuple(scale.shape), dtype)
     graph = _graphs.get(key)
     if graph is None:
@@ -107,10 +108,9 @@ def dequantize_on_cpu(kind: str, codes: torch.Tensor, scale: torch.Tensor, dtype
 
 class QuantizedWeight(nn.Module):
     """A stacked expert weight [E, N, K] kept as stored (``codes``, ``scale``: see ``storage``; buffers, frozen
-    parameters under NxD). Indexing
-    dequantizes: ``w[idx]`` is the dense weight of the experts ``idx`` selects, in the model dtype, so the
-    experts' code reads it as it reads a dense parameter. A model dtype cast (``model.to(torch.bfloat16)``)
-    changes that compute dtype and leaves the stored tensors as they are."""
+    parameters under NxD). Indexing dequantizes: ``w[idx]`` is the dense weight of the experts ``idx``
+    selects, in the model dtype, so the experts' code reads it as it reads a dense parameter. A model dtype
+    cast (``model.to(torch.bfloat16)``) changes that compute dtype and leaves the stored tensors as they are."""
 
     def __init__(self, kind: str, experts: int, rows: int, cols: int):
         super().__init__()
