@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from .config import FP8, MXFP4, ZayaConfig
 from .errors import CheckpointError, CheckpointNotFoundError, InputError
 from .generation_config import GenerationDefaults
-from .quantization import QuantizedWeight, quantize
+from .quantization import QuantizedWeight, quantize_fp8
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -329,7 +329,7 @@ class _Destinations:
     def write(self, target: str, index, tensor: torch.Tensor) -> None:
         if target in self.quantizing:
             names = [f"{target}.codes", f"{target}.scale"]
-            _write_quantized(self.quantizing[target].kind, *map(self.storage, names), index, tensor)
+            _write_fp8(*map(self.storage, names), index, tensor)  # the only format with_expert_dtype allows
         else:
             names = [target]  # copied: a tensor read may be a view of the file's memory map
             (self.storage(target) if index is None else self.storage(target)[index]).copy_(tensor)
@@ -402,12 +402,12 @@ def load_into(model: torch.nn.Module, cfg: ZayaConfig, path: str | Path, check_f
         destinations.derived(key, tensor)
 
 
-def _write_quantized(kind: str, codes: torch.Tensor, scales: torch.Tensor, index, dense: torch.Tensor) -> None:
-    """Quantize ``dense`` (the stored dtype's values) into ``codes`` and ``scales`` at ``index``, one expert at
-    a time for a stacked tensor (bounded scratch memory)."""
+def _write_fp8(codes: torch.Tensor, scales: torch.Tensor, index, dense: torch.Tensor) -> None:
+    """Quantize ``dense`` (the stored dtype's values) to fp8 into ``codes`` and ``scales`` at ``index``, one
+    expert at a time for a stacked tensor (bounded scratch memory)."""
     for e, part in enumerate(dense.unbind(0) if index is None else [dense]):
         where = e if index is None else index
-        part_codes, part_scale = quantize(kind, part)
+        part_codes, part_scale = quantize_fp8(part)
         codes[where].copy_(part_codes)
         scales[where].copy_(part_scale)
 

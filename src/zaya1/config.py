@@ -30,7 +30,7 @@ LAYOUTS = ("original", "hf")
 # weights "float-quantized" with activations quantized, "naive-quantized" without
 FP8, MXFP4 = "fp8", "mxfp4"
 EXPERT_FORMATS = (FP8, MXFP4)
-QUANTIZE_TO = (FP8,)  # the formats zaya1 writes from dense experts (quantization.quantize)
+QUANTIZE_TO = (FP8,)  # the formats zaya1 writes from dense experts (quantization.quantize_fp8)
 MX_GROUP = 32
 _FORMATS = {"float-quantized": FP8, "naive-quantized": FP8, "mxfp4-pack-quantized": MXFP4}
 # the quantization_config a checkpoint of quantized experts carries, as compressed-tensors serializes it for

@@ -12,7 +12,7 @@ The formats, as config.json's ``quantization_config`` (``quant_method`` "compres
   module: ``weight_packed`` (uint8 [N, K / 2], two codes a byte, the even column in the low nibble) and
   ``weight_scale`` (uint8 [N, K / 32], e8m0: 2 ** (s - 127)). w = e2m1(code) * 2 ** (s - 127).
 
-``quantize`` writes fp8 experts from dense ones (``from_pretrained(expert_dtype="fp8")``, ``zaya1 compile
+``quantize_fp8`` writes fp8 experts from dense ones (``from_pretrained(expert_dtype="fp8")``, ``zaya1 compile
 --expert-dtype fp8``) with compressed-tensors' arithmetic for its fp8 channel scheme (llm-compressor's
 FP8_DYNAMIC weights), so a bf16 checkpoint quantized here holds the codes and scales that compressed-tensors
 writes for it (test_quantized_experts.py compares them bit for bit).
@@ -33,8 +33,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .config import FP8, MX_GROUP, QUANTIZE_TO
-from .errors import ConfigError
+from .config import FP8, MX_GROUP
 from . import kernels
 from .kernels import neuron_graph
 
@@ -65,13 +64,11 @@ def dequantize(kind: str, codes: torch.Tensor, scale: torch.Tensor, dtype: torch
     return (values.unflatten(-1, (-1, MX_GROUP)) * factor[..., None]).flatten(-2).to(dtype)
 
 
-def quantize(kind: str, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense weights [..., N, K] -> (codes float8_e4m3fn [..., N, K], row scales float32 [..., N, 1]),
     computed in ``weight``'s dtype as compressed-tensors does (``calculate_qparams`` then ``_quantize``):
-    scale = max |row| / 448 (a zero row takes the dtype's eps), codes = clamp(w / scale, -448, 448) in e4m3."""
-    if kind not in QUANTIZE_TO:
-        raise ConfigError(f"expert_dtype={kind!r}: zaya1 quantizes experts to {', '.join(QUANTIZE_TO)} only; "
-                          f"load a checkpoint stored as {kind} instead.")
+    scale = max |row| / 448 (a zero row takes the dtype's eps), codes = clamp(w / scale, -448, 448) in e4m3.
+    The only format zaya1 writes (``config.QUANTIZE_TO``, checked by ``ZayaConfig.with_expert_dtype``)."""
     scale = weight.abs().amax(-1, keepdim=True) / FP8_MAX
     scale = torch.where(scale == 0, torch.finfo(scale.dtype).eps, scale)
     codes = torch.clamp(weight / scale, -FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)

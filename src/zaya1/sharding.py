@@ -177,8 +177,8 @@ def rank_extras(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int
 
 def rank_shards(key: str, tensor: torch.Tensor, config: ZayaConfig, tp: int, rank: int) -> dict:
     """What rank ``rank`` keeps of the canonical tensor ``key`` (its shard and any tensor derived from it),
-    each owning its memory: for loading one canonical tensor at a time (checkpoint.load_into's
-    ``complete``); ``embedding_rank`` adds the embedding's rank."""
+    each owning its memory (a rank's state dict is these and ``embedding_rank``; loading one canonical tensor
+    at a time, checkpoint.load_into's ``complete``, keeps them as each tensor is read)."""
     kept = {key: shard_tensor(key, tensor, config, tp, rank)} | group_mean_query(key, tensor, config, tp, rank)
     return {k: t.clone() if t.untyped_storage().nbytes() > t.numel() * t.element_size() else t
             for k, t in kept.items()}
@@ -189,8 +189,10 @@ def rank_state_dict(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp:
     check_tp(config, tp)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < tp:
         raise ConfigError(f"rank={rank!r} is not a rank of tp_degree={tp}; use 0 to {tp - 1}.")
-    return ({key: shard_tensor(key, tensor, config, tp, rank) for key, tensor in state_dict.items()}
-            | rank_extras(state_dict, config, tp, rank))
+    kept = embedding_rank(tp, rank)
+    for key, tensor in state_dict.items():
+        kept |= rank_shards(key, tensor, config, tp, rank)
+    return kept
 
 
 def rank_state_dicts(state_dict: dict[str, torch.Tensor], config: ZayaConfig, tp: int) -> list[dict]:

@@ -38,13 +38,13 @@ neuron_sdk_shims.install()
 
 import torch_xla  # noqa: E402
 import torch_xla.core.xla_model as xm  # noqa: E402
-import torch_xla.debug.metrics as met  # noqa: E402
 from neuronx_distributed.parallel_layers import parallel_state  # noqa: E402
 from neuronx_distributed.trace.mock_torchdist import mock_distributed  # noqa: E402
 
 from zaya1.config import ZayaConfig  # noqa: E402
 from zaya1.neuron import ZayaInferenceConfig, ZayaNeuronConfig  # noqa: E402
 from zaya1.neuron.artifacts import EXPERT_DTYPES, expert_dtype_flag  # noqa: E402
+from zaya1.neuron.cost import aten_counters, aten_fallbacks  # noqa: E402
 from zaya1.neuron.modeling import NeuronZayaModel  # noqa: E402
 
 # ZayaConfig's defaults are ZAYA1's real widths; one hybrid layer
@@ -71,11 +71,10 @@ def inputs(batch: int, width: int, lengths: list[int] | None = None, positions: 
 def lower(model, args: list, n_positions: int, execute: bool) -> dict:
     dev = xm.xla_device()
     model.n_positions = n_positions
-    before = {n: met.counter_value(n) for n in met.counter_names()}
+    before = aten_counters()
     out = model(*[a.to(dev) for a in args])
     hlo = torch_xla._XLAC._get_xla_tensors_hlo(list(out))
-    fallbacks = {n: met.counter_value(n) - before.get(n, 0) for n in met.counter_names()
-                 if n.startswith("aten::") and met.counter_value(n) != before.get(n, 0)}
+    fallbacks = aten_fallbacks(before)
     result = {"hlo_instructions": len([line for line in hlo.splitlines() if " = " in line]),
               "ops": inventory(hlo), "aten_fallbacks": fallbacks, "hlo": hlo}
     if execute:

@@ -117,6 +117,18 @@ class GraphCost:
                                                                                       other.host_fallbacks))
 
 
+def aten_counters() -> dict[str, int]:
+    """torch-xla's ``aten::`` counters so far: ops it ran on the host instead of lowering them."""
+    import torch_xla.debug.metrics as met
+
+    return {n: met.counter_value(n) for n in met.counter_names() if n.startswith("aten::")}
+
+
+def aten_fallbacks(before: dict[str, int]) -> dict[str, int]:
+    """The ``aten::`` ops run on the host since ``before`` (an ``aten_counters()``) -> count."""
+    return {n: c - before.get(n, 0) for n, c in aten_counters().items() if c != before.get(n, 0)}
+
+
 def _role(name: str) -> str:
     return "experts" if ".mlp.experts." in name else "weight"
 
@@ -128,9 +140,7 @@ def lower_step(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str,
     Returns (HLO text, parameter number -> (role, itemsize), output bytes by role, aten:: ops torch-xla ran
     on the host while tracing -> count)."""
     torch_xla, xm = require_torch_xla()
-    import torch_xla.debug.metrics as met
-
-    before = {n: met.counter_value(n) for n in met.counter_names()}
+    before = aten_counters()
     dev = torch_xla.device()
     with torch.device("meta"):
         model = ZayaModel(config, XlaComm(tp, xm)).to(dtype)
@@ -169,8 +179,7 @@ def lower_step(config: ZayaConfig, tp: int, batch: int, bucket: int, graph: str,
     written = {"kv": sum(t.numel() * t.element_size() for s in steps for t in (s.key, s.value)),
                "state": sum(t.numel() * t.element_size() for s in steps for t in (s.conv, s.value_prev))}
     hlo = torch_xla._XLAC._get_xla_tensors_hlo(outputs)
-    fallbacks = {n: met.counter_value(n) - before.get(n, 0) for n in met.counter_names()
-                 if n.startswith("aten::") and met.counter_value(n) != before.get(n, 0)}
+    fallbacks = aten_fallbacks(before)
     ids_, values = torch_xla._XLAC._get_tensors_xla_device_data_node(outputs)
     for _, p in weights:
         tensors[torch_xla._XLAC._xla_get_tensor_id(p)] = (named[id(p)], p)
@@ -303,7 +312,7 @@ def format_table(rows: list[dict], collective_us: float | None = None) -> str:
     for r in rows:
         c = r["cost"]
         coll = ", ".join(f"{k} {v[0]:.0f} ({_mib(v[1])})" for k, v in sorted(c["collectives"].items()))
-        rate = (f"{_rate(r['estimate_trn2_ms'], r['batch'])} ({_rate(r['estimate_trn2_floor_ms'], r['batch'])})"
+        rate = (f"{r['tokens_per_s']:,.0f} ({_rate(r['estimate_trn2_floor_ms'], r['batch'])})"
                 if r["graph"] == "tkg" else "-")
         line = (
             f"| {r['graph']} | {r['batch']} | {r['bucket']} | {r['block_size'] or '-'} | {_mib(c['weight_bytes'])} | "
